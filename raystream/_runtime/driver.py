@@ -1,0 +1,118 @@
+"""The driver side of a run: connect to Ray, start the coordinator, wait, stop, clean up."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from raystream._runtime.coordinator import NAMESPACE, Coordinator, coordinator_name
+from raystream.config import KafkaConfig, RuntimeConfig
+from raystream.errors import RaystreamError, RuntimeStateError
+from raystream.topology.plan import Plan
+
+log = logging.getLogger("raystream.driver")
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to Ray: ``address``, else the cluster this process runs in (``ray job submit``,
+    RAY_ADDRESS or a local ``ray start``), else a new local Ray."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address, namespace=NAMESPACE, log_to_driver=True, configure_logging=False)
+
+
+@dataclass
+class RunResult:
+    """How a run ended, with totals from every worker's last report."""
+
+    state: str
+    records_in: int
+    records_out: int
+    dead_letters: int
+    seconds: float
+    status: dict[str, Any]
+
+
+class RunningApp:
+    """A handle on an app running on Ray: wait for it, look at it, stop it."""
+
+    def __init__(
+        self,
+        app: str,
+        plan: Plan,
+        kafka: KafkaConfig,
+        runtime: RuntimeConfig,
+        workers: int,
+        bounded: bool,
+    ) -> None:
+        self.app = app
+        self._t0 = time.monotonic()
+        actor: Any = ray.remote(Coordinator)
+        self._coord: Any = (
+            actor
+            .options(
+                name=coordinator_name(app),
+                namespace=NAMESPACE,
+                num_cpus=0,
+                max_concurrency=32,
+                max_restarts=0,
+            )
+            .remote(app, plan, kafka, runtime, workers, bounded)
+        )
+        try:
+            ray.get(self._coord.start.remote())
+        except ray.exceptions.RayTaskError as exc:
+            self._kill()
+            cause = exc.cause if isinstance(exc.cause, RaystreamError) else None
+            if cause is not None:
+                raise cause from None
+            raise
+        self._ended = False
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Wait until the app finishes (bounded), fails or ``timeout`` passes; returns its state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = 1.0 if deadline is None else max(min(1.0, deadline - time.monotonic()), 0)
+            state: str = ray.get(self._coord.wait.remote(step))
+            if state != "running" or (deadline is not None and time.monotonic() >= deadline):
+                return state
+
+    def status(self) -> dict[str, Any]:
+        """The coordinator's view: state, assignments and worker reports."""
+        status: dict[str, Any] = ray.get(self._coord.status.remote())
+        return status
+
+    def worker_pids(self) -> dict[int, int]:
+        """Process id of each worker slot."""
+        pids: dict[int, int] = ray.get(self._coord.worker_pids.remote())
+        return pids
+
+    def stop(self, timeout: float = 60.0) -> RunResult:
+        """Drain and commit every worker, end the actors, and summarise the run."""
+        if self._ended:
+            raise RuntimeStateError("this run has already been stopped")
+        try:
+            status: dict[str, Any] = ray.get(self._coord.stop.remote(timeout))
+        finally:
+            self._kill()
+        workers = status["workers"].values()
+        return RunResult(
+            state=status["state"],
+            records_in=sum(w["records_in"] for w in workers),
+            records_out=sum(w["records_out"] for w in workers),
+            dead_letters=sum(w["dead_letters"] for w in workers),
+            seconds=time.monotonic() - self._t0,
+            status=status,
+        )
+
+    def _kill(self) -> None:
+        self._ended = True
+        try:
+            ray.kill(self._coord, no_restart=True)
+        except Exception:  # already gone
+            log.debug("coordinator of %s already gone", self.app)

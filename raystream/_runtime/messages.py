@@ -1,0 +1,38 @@
+"""What the coordinator and workers tell each other (plain, picklable dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from raystream.topology.plan import TaskId
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The tasks of one worker slot, and where to stop in bounded mode."""
+
+    slot: int
+    attempt: int
+    tasks: tuple[TaskId, ...]
+    #: (topic, partition) -> end offset; None when unbounded.
+    end_offsets: dict[tuple[str, int], int] | None = None
+
+
+@dataclass
+class WorkerReport:
+    """A worker's state, sent to the coordinator after every commit."""
+
+    slot: int
+    attempt: int
+    pid: int
+    node_id: str
+    state: str  # "starting" | "running" | "finished" | "stopped" | "failed"
+    epoch: int = 0
+    records_in: int = 0
+    records_out: int = 0
+    dead_letters: int = 0
+    positions: dict[str, int] = field(default_factory=dict)
+    lag: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    fatal: bool = False
+    committed_at: float = 0.0

@@ -1,0 +1,264 @@
+"""One task: the operator instances of a sub-topology for one partition, fed fetched messages.
+
+``TaskRunner.process`` decodes a partition's messages into an Arrow batch, pushes it through the
+operators (parents before children, port by port), and hands sink records and dead letters to the
+worker's :class:`OutputSink`. Nothing here talks to Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raystream._kafka import headers as hdr
+from raystream._runtime.output import OutputSink
+from raystream.errors import SerdeError
+from raystream.operators.base import Batch, Operator, RecordFailure, TaskContext
+from raystream.serde import encode_keys
+from raystream.topology.nodes import SinkSpec, SourceSpec
+from raystream.topology.plan import Plan, TaskId
+
+log = logging.getLogger("raystream.task")
+
+
+@dataclass
+class Incoming:
+    """The fetched records of one partition, as parallel lists."""
+
+    topic: str
+    values: list[bytes | None]
+    keys: list[bytes | None]
+    timestamps: list[int]
+    offsets: list[int]
+
+
+@dataclass
+class TaskCounters:
+    """What a task has done since it started (the worker reports them)."""
+
+    records_in: int = 0
+    records_out: int = 0
+    dead_letters: int = 0
+    by_operator_in: dict[str, int] = field(default_factory=dict)
+    by_operator_out: dict[str, int] = field(default_factory=dict)
+
+
+class TaskRunner:
+    """Runs one task's operators on micro-batches."""
+
+    def __init__(
+        self,
+        app: str,
+        task: TaskId,
+        plan: Plan,
+        out: OutputSink,
+        dlq_topic: Callable[[str], str],
+        provenance: Callable[[], hdr.Headers],
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.app = app
+        self.task = task
+        self.out = out
+        self.dlq_topic = dlq_topic
+        self.provenance = provenance
+        self.counters = TaskCounters()
+        graph = plan.graph
+        sub = plan.subtopologies[task.subtopology]
+        self.order = list(sub.node_ids)
+        self.names = {n: graph.names[n] for n in self.order}
+        self.children: dict[int, list[tuple[int, int]]] = {
+            n: [(e.port, e.dst) for e in graph.children(n)] for n in self.order
+        }
+        self.sources: dict[str, list[tuple[int, SourceSpec]]] = {}
+        self.sinks: dict[int, SinkSpec] = {}
+        self.operators: dict[int, Operator] = {}
+        self._current: Incoming | None = None
+        self._raw_index: dict[int, int] = {}
+        ctx = TaskContext(
+            app=app,
+            task=str(task),
+            partition=task.partition,
+            report_failure=self._on_failure,
+            clock_ms=clock_ms,
+        )
+        for n in self.order:
+            spec = graph.nodes[n]
+            if isinstance(spec, SourceSpec):
+                self.sources.setdefault(spec.topic, []).append((n, spec))
+            elif isinstance(spec, SinkSpec):
+                self.sinks[n] = spec
+            else:
+                op = spec.build(self.names[n])
+                op.open(ctx)
+                self.operators[n] = op
+
+    # -- input -------------------------------------------------------------------------------
+    def process(self, incoming: Incoming) -> None:
+        """Decode and run one partition's fetched records through the operators."""
+        self._current = incoming
+        self._raw_index = {off: i for i, off in enumerate(incoming.offsets)}
+        try:
+            self.counters.records_in += len(incoming.values)
+            for node, spec in self.sources.get(incoming.topic, []):
+                batch = self._decode(spec, incoming)
+                if batch.num_rows:
+                    self._emit(node, [batch])
+        finally:
+            self._current = None
+
+    def _decode(self, spec: SourceSpec, inc: Incoming) -> Batch:
+        decoded = spec.serde.decode(inc.values)
+        for i, err in decoded.bad:
+            self._dead_letter(inc.topic, i, "decode", err)
+        good = decoded.good
+        data = decoded.data
+        offsets = pa.array([inc.offsets[i] for i in good], pa.int64())
+        if spec.key_field is not None:
+            if spec.key_field not in data.schema.names:
+                keys = pa.nulls(len(good))
+            else:
+                keys = data.column(spec.key_field)
+        else:
+            keys = pa.array([inc.keys[i] for i in good], pa.binary())
+        if spec.time_field is None:
+            ts = pa.array([inc.timestamps[i] for i in good], pa.int64())
+            return Batch(data, keys, ts, offsets)
+        ts_col = data.column(spec.time_field) if spec.time_field in data.schema.names else None
+        ts = _event_time(ts_col, len(good))
+        if ts.null_count:
+            valid = pc.is_valid(ts)
+            for j in pc.indices_nonzero(pc.invert(valid)).to_pylist():
+                self._dead_letter(
+                    inc.topic,
+                    good[j],
+                    "decode",
+                    SerdeError(
+                        f"event-time field {spec.time_field!r} is missing or not a time "
+                        "(ms since epoch or a timestamp)"
+                    ),
+                )
+            return Batch(data, keys, ts, offsets).filter(valid)
+        return Batch(data, keys, ts, offsets)
+
+    # -- operators ---------------------------------------------------------------------------
+    def _emit(self, node: int, outputs: Sequence[Batch | None]) -> None:
+        for port, child in self.children[node]:
+            if port >= len(outputs):
+                continue
+            batch = outputs[port]
+            if batch is None or batch.num_rows == 0:
+                continue
+            self._run(child, batch)
+
+    def _run(self, node: int, batch: Batch) -> None:
+        name = self.names[node]
+        c = self.counters
+        c.by_operator_in[name] = c.by_operator_in.get(name, 0) + batch.num_rows
+        sink = self.sinks.get(node)
+        if sink is not None:
+            self._write(sink, batch)
+            return
+        outputs = self.operators[node].process(batch)
+        c.by_operator_out[name] = c.by_operator_out.get(name, 0) + sum(
+            b.num_rows for b in outputs if b is not None
+        )
+        self._emit(node, outputs)
+
+    def advance_watermark(self, watermark: int) -> None:
+        """Tell every operator the task's watermark moved; push what that emits."""
+        for node in self.order:
+            op = self.operators.get(node)
+            if op is not None:
+                self._emit(node, op.on_watermark(watermark))
+
+    # -- output ------------------------------------------------------------------------------
+    def _write(self, sink: SinkSpec, batch: Batch) -> None:
+        values = sink.serde.encode(batch.data)
+        keys = encode_keys(batch.keys)
+        stamps = batch.timestamps.to_pylist()
+        headers = self.provenance()
+        send = self.out.send
+        topic = sink.topic
+        for v, k, ts in zip(values, keys, stamps, strict=True):
+            send(topic, v, k, ts, headers)
+        self.counters.records_out += len(values)
+
+    def _on_failure(self, failure: RecordFailure) -> None:
+        inc = self._current
+        if inc is None or failure.offset is None or failure.offset not in self._raw_index:
+            log.error(
+                "task %s: %s failed outside a fetched record: %s",
+                self.task,
+                failure.operator,
+                failure.message,
+            )
+            return
+        self._write_dead_letter(inc, self._raw_index[failure.offset], failure)
+
+    def _dead_letter(self, topic: str, index: int, operator: str, err: Exception) -> None:
+        assert self._current is not None
+        failure = RecordFailure.from_exception(operator, err, self._current.offsets[index])
+        self._write_dead_letter(self._current, index, failure)
+
+    def _write_dead_letter(self, inc: Incoming, index: int, f: RecordFailure) -> None:
+        headers: hdr.Headers = [
+            (hdr.DLQ_ERROR_CLASS, f.error_class.encode()),
+            (hdr.DLQ_ERROR_MESSAGE, f.message.encode("utf-8", "replace")),
+            (hdr.DLQ_TRACEBACK, f.traceback_digest.encode()),
+            (hdr.DLQ_TOPIC, inc.topic.encode()),
+            (hdr.DLQ_PARTITION, str(self.task.partition).encode()),
+            (hdr.DLQ_OFFSET, str(inc.offsets[index]).encode()),
+            (hdr.DLQ_TIMESTAMP, str(inc.timestamps[index]).encode()),
+            (hdr.DLQ_APP, self.app.encode()),
+            (hdr.DLQ_OPERATOR, f.operator.encode()),
+            *self.provenance(),
+        ]
+        self.out.send(
+            self.dlq_topic(inc.topic),
+            inc.values[index],
+            inc.keys[index],
+            inc.timestamps[index],
+            headers,
+        )
+        self.counters.dead_letters += 1
+        log.warning(
+            "task %s: record %s[%d]@%d dead-lettered by %s: %s",
+            self.task,
+            inc.topic,
+            self.task.partition,
+            inc.offsets[index],
+            f.operator,
+            f.message,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every stateful operator's snapshot, by operator name."""
+        return {
+            self.names[n]: s for n, op in self.operators.items() if (s := op.snapshot()) is not None
+        }
+
+
+def _event_time(col: pa.Array | None, n: int) -> pa.Array:
+    """Event time in ms as int64 (nulls where missing or unusable)."""
+    if col is None:
+        return pa.nulls(n, pa.int64())
+    t = col.type
+    if pa.types.is_integer(t):
+        return pc.cast(col, pa.int64())
+    if pa.types.is_floating(t):
+        return pc.cast(pc.floor(col), pa.int64(), safe=False)
+    if pa.types.is_timestamp(t):
+        return pc.cast(pc.cast(col, pa.timestamp("ms", tz=t.tz), safe=False), pa.int64())
+    if pa.types.is_string(t):
+        try:
+            parsed = pc.cast(col, pa.timestamp("ms"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return pa.nulls(n, pa.int64())
+        return pc.cast(parsed, pa.int64())
+    return pa.nulls(n, pa.int64())

@@ -1,0 +1,262 @@
+"""The worker actor: owns tasks, and runs the data path for them.
+
+    fetch (manual assign) -> group by partition -> TaskRunner.process (decode, operators, produce)
+      -> every commit interval: flush outputs, then commit input offsets -> report
+
+The loop runs in a thread started by the constructor, so a worker that Ray restarts after a crash
+resumes by itself: it asks the coordinator for its tasks and seeks to the committed offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from collections import defaultdict
+from typing import Any
+
+import ray
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import KafkaException as _RdKafkaException
+
+from raystream._kafka import headers as hdr
+from raystream._kafka.clients import consumer as make_consumer
+from raystream._runtime.messages import Assignment, WorkerReport
+from raystream._runtime.output import OutputSink
+from raystream._runtime.task import Incoming, TaskRunner
+from raystream.config import KafkaConfig, RuntimeConfig
+from raystream.errors import OperatorContractError, RaystreamError
+from raystream.topology.plan import Plan
+
+log = logging.getLogger("raystream.worker")
+
+_OFFSET_BEGINNING = -2
+_OFFSET_END = -1
+
+
+class Worker:
+    """A Ray actor holding a set of tasks. Created by the coordinator, never by users."""
+
+    def __init__(
+        self,
+        app: str,
+        slot: int,
+        plan: Plan,
+        kafka: KafkaConfig,
+        runtime: RuntimeConfig,
+        coordinator: Any,
+    ) -> None:
+        self.app = app
+        self.slot = slot
+        self.plan = plan
+        self.kafka = kafka
+        self.runtime = runtime
+        self.coordinator = coordinator
+        self._stop = threading.Event()
+        self._report = WorkerReport(slot, -1, os.getpid(), _node_id(), "starting")
+        self._thread = threading.Thread(
+            target=self._main, name=f"raystream-worker-{slot}", daemon=True
+        )
+        self._thread.start()
+
+    # -- actor methods -----------------------------------------------------------------------
+    def report(self) -> WorkerReport:
+        """The worker's latest state."""
+        return self._report
+
+    def stop(self, timeout: float = 60.0) -> WorkerReport:
+        """Drain: finish the current batch, commit, and stop the loop."""
+        self._stop.set()
+        self._thread.join(timeout)
+        return self._report
+
+    def pid(self) -> int:
+        """The worker's process id (for tests and ``raystream status``)."""
+        return os.getpid()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _main(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                assignment: Assignment = ray.get(self.coordinator.assignment.remote(self.slot))
+                done = self._run(assignment)
+                self._report.state = "finished" if done else "stopped"
+                self._send_report()
+                return
+            except OperatorContractError as exc:
+                self._fail(exc, fatal=True)
+                return
+            except Exception as exc:  # a broker outage, a failed delivery: retry from committed
+                self._fail(exc, fatal=False)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _fail(self, exc: BaseException, fatal: bool) -> None:
+        log.error("worker %d: %s", self.slot, "".join(traceback.format_exception(exc)))
+        self._report.state = "failed" if fatal else "retrying"
+        self._report.last_error = f"{type(exc).__name__}: {exc}"
+        self._report.fatal = fatal
+        self._send_report()
+
+    def _run(self, a: Assignment) -> bool:
+        """Process the assignment until stopped (False) or, in bounded mode, done (True)."""
+        self._report.attempt = a.attempt
+        epoch = 0
+        out = OutputSink(self.kafka)
+        consumer = make_consumer(self.kafka, group_id=self.app)
+        try:
+            tasks, by_partition = self._build_tasks(a, out, lambda: epoch)
+            positions = self._seek(consumer, list(by_partition))
+            ends = a.end_offsets
+            self._report.state = "running"
+            last_commit = time.monotonic()
+            interval = self.runtime.commit_interval_ms / 1000.0
+            while True:
+                if ends is not None and all(
+                    positions[tp] >= ends.get(tp, 0) for tp in by_partition
+                ):
+                    self._commit(consumer, out, positions, epoch)
+                    self._update_report(tasks, positions, consumer, epoch)
+                    return True
+                if self._stop.is_set():
+                    self._commit(consumer, out, positions, epoch)
+                    self._update_report(tasks, positions, consumer, epoch)
+                    return False
+                msgs = consumer.consume(
+                    self.runtime.max_batch_records, self.runtime.poll_timeout_ms / 1000.0
+                )
+                if msgs:
+                    for tp, incoming in _group(msgs).items():
+                        by_partition[tp].process(incoming)
+                        positions[tp] = incoming.offsets[-1] + 1
+                    out.poll()
+                elif ends is not None:
+                    _skip_control_records(consumer, positions)
+                if time.monotonic() - last_commit >= interval:
+                    self._commit(consumer, out, positions, epoch)
+                    self._update_report(tasks, positions, consumer, epoch)
+                    epoch += 1
+                    last_commit = time.monotonic()
+        finally:
+            consumer.close()
+
+    def _build_tasks(
+        self, a: Assignment, out: OutputSink, epoch: Any
+    ) -> tuple[list[TaskRunner], dict[tuple[str, int], TaskRunner]]:
+        tasks: list[TaskRunner] = []
+        by_partition: dict[tuple[str, int], TaskRunner] = {}
+        dlq = self.runtime.dlq_topic
+        for task_id in a.tasks:
+            tag = str(task_id)
+            runner = TaskRunner(
+                self.app,
+                task_id,
+                self.plan,
+                out,
+                dlq_topic=lambda topic: dlq.format(topic=topic),
+                provenance=lambda tag=tag: hdr.provenance(tag, epoch(), a.attempt),  # type: ignore[misc]
+            )
+            tasks.append(runner)
+            for topic in self.plan.subtopologies[task_id.subtopology].source_topics:
+                by_partition[(topic, task_id.partition)] = runner
+        return tasks, by_partition
+
+    def _seek(
+        self, consumer: Consumer, partitions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Assign ``partitions`` at their committed offsets; returns the start positions."""
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        committed = consumer.committed(tps, timeout=30) if tps else []
+        start: list[TopicPartition] = []
+        positions: dict[tuple[str, int], int] = {}
+        reset = _OFFSET_BEGINNING if self.runtime.auto_offset_reset == "earliest" else _OFFSET_END
+        for tp in committed:
+            off = tp.offset if tp.offset >= 0 else reset
+            start.append(TopicPartition(tp.topic, tp.partition, off))
+            positions[(tp.topic, tp.partition)] = max(off, 0)
+        consumer.assign(start)
+        return positions
+
+    def _commit(
+        self,
+        consumer: Consumer,
+        out: OutputSink,
+        positions: dict[tuple[str, int], int],
+        epoch: int,
+    ) -> None:
+        """At-least-once commit: every output acknowledged, then the input offsets."""
+        out.flush()
+        offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items() if off > 0]
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except _RdKafkaException as exc:
+                raise RaystreamError(f"offset commit failed: {exc}") from exc
+        self._report.committed_at = time.time()
+        self._report.epoch = epoch
+
+    def _update_report(
+        self,
+        tasks: list[TaskRunner],
+        positions: dict[tuple[str, int], int],
+        consumer: Consumer,
+        epoch: int,
+    ) -> None:
+        r = self._report
+        r.records_in = sum(t.counters.records_in for t in tasks)
+        r.records_out = sum(t.counters.records_out for t in tasks)
+        r.dead_letters = sum(t.counters.dead_letters for t in tasks)
+        r.positions = {f"{t}[{p}]": off for (t, p), off in positions.items()}
+        lag: dict[str, int] = {}
+        for (t, p), off in positions.items():
+            _, high = consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)
+            if high >= 0:
+                lag[f"{t}[{p}]"] = max(high - off, 0)
+        r.lag = lag
+        self._send_report()
+
+    def _send_report(self) -> None:
+        try:
+            self.coordinator.worker_report.remote(self._report)
+        except Exception:  # the coordinator is gone: the app is stopping
+            log.debug("worker %d: coordinator unreachable", self.slot)
+
+
+def _group(msgs: list[Any]) -> dict[tuple[str, int], Incoming]:
+    """Split fetched messages by partition, in offset order, skipping error events."""
+    groups: dict[tuple[str, int], Incoming] = {}
+    parts: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    for m in msgs:
+        if m.error() is not None:
+            log.warning("fetch error on %s[%s]: %s", m.topic(), m.partition(), m.error())
+            continue
+        parts[(m.topic(), m.partition())].append(m)
+    for tp, ms in parts.items():
+        groups[tp] = Incoming(
+            tp[0],
+            [m.value() for m in ms],
+            [m.key() for m in ms],
+            [m.timestamp()[1] for m in ms],
+            [m.offset() for m in ms],
+        )
+    return groups
+
+
+def _skip_control_records(consumer: Consumer, positions: dict[tuple[str, int], int]) -> None:
+    """Move positions past transaction markers: nothing is pending, so the consumer's own position
+    (which steps over control records) is where processing stands."""
+    tps = [TopicPartition(t, p) for t, p in positions]
+    for tp in consumer.position(tps):
+        key = (tp.topic, tp.partition)
+        if tp.offset > positions[key]:
+            positions[key] = tp.offset
+
+
+def _node_id() -> str:
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:
+        return "?"

@@ -1,0 +1,121 @@
+"""``App``: the entry point. Build a topology on it, then ``run()`` it on Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from raystream._runtime.driver import RunningApp, RunResult, ensure_ray
+from raystream.config import Guarantee, KafkaConfig, RuntimeConfig, brokers_from_env
+from raystream.errors import ConfigError, RuntimeStateError, TopologyError
+from raystream.serde import JSON, Serde
+from raystream.topology.nodes import Graph, SourceSpec
+from raystream.topology.plan import Plan, plan
+from raystream.topology.stream import Stream
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class App:
+    """One streaming application: an id, how to reach Kafka, runtime settings and a topology.
+
+    ``brokers`` defaults to RAYSTREAM_BROKERS, then to the broker of ``raystream dev up``.
+    Runtime settings are the fields of :class:`RuntimeConfig` (``commit_interval_ms``,
+    ``max_batch_records``, ``guarantee``...), given as keyword arguments or as ``config``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        brokers: str | None = None,
+        *,
+        config: RuntimeConfig | None = None,
+        consumer_config: Mapping[str, Any] | None = None,
+        producer_config: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(
+                f"name: {name!r} is not a valid app id; use letters, digits, '.', '_' or '-' "
+                "(it names the consumer group, the transactional ids and the Ray actors)"
+            )
+        self.name = name
+        self._brokers = brokers
+        self._consumer_config = dict(consumer_config or {})
+        self._producer_config = dict(producer_config or {})
+        try:
+            self.config = (config or RuntimeConfig()).with_(**settings)
+        except TypeError as exc:
+            raise ConfigError(f"unknown setting: {exc}; see raystream.RuntimeConfig") from exc
+        if self.config.guarantee is Guarantee.EXACTLY_ONCE:
+            raise ConfigError(
+                "guarantee: exactly_once is not available yet in this version; use 'at_least_once'"
+            )
+        self._graph = Graph()
+        self._running: RunningApp | None = None
+
+    def stream(
+        self,
+        topic: str,
+        *,
+        value: Serde | None = None,
+        key: str | None = None,
+        time: str | None = None,
+    ) -> Stream:
+        """Read ``topic`` as a stream.
+
+        ``value``: how values are decoded (JSON by default). ``key``: the value field that is the
+        record key (default: the Kafka key). ``time``: the value field holding event time in ms
+        since the epoch or as a timestamp (default: the Kafka timestamp).
+        """
+        if not topic or not isinstance(topic, str):
+            raise TopologyError("stream(topic): topic must be a non-empty string")
+        node = self._graph.add(SourceSpec(topic, value or JSON(), key, time))
+        return Stream(self, node)
+
+    def plan(self) -> Plan:
+        """The sub-topologies this app runs (checks the topology)."""
+        return plan(self._graph)
+
+    def kafka_config(self) -> KafkaConfig:
+        """Where Kafka is, resolved now."""
+        brokers = self._brokers or brokers_from_env()
+        return KafkaConfig(
+            brokers=brokers or "",
+            consumer=self._consumer_config,
+            producer=self._producer_config,
+        )
+
+    def start(
+        self, workers: int = 1, *, bounded: bool = False, ray_address: str | None = None
+    ) -> RunningApp:
+        """Start the app on Ray with ``workers`` worker actors and return at once.
+
+        ``bounded=True`` processes up to the end offsets seen at start, then finishes.
+        """
+        if self._running is not None and not self._running._ended:
+            raise RuntimeStateError(f"app {self.name!r} is already running: stop it first")
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"workers: must be a positive integer, got {workers!r}")
+        the_plan = self.plan()
+        kafka = self.kafka_config()
+        ensure_ray(ray_address)
+        self._running = RunningApp(self.name, the_plan, kafka, self.config, workers, bounded)
+        return self._running
+
+    def run(
+        self,
+        workers: int = 1,
+        *,
+        bounded: bool = False,
+        timeout: float | None = None,
+        ray_address: str | None = None,
+    ) -> RunResult:
+        """Run the app until it finishes (bounded), fails, ``timeout`` passes or Ctrl-C; then
+        drain, commit and stop. Returns the totals."""
+        running = self.start(workers, bounded=bounded, ray_address=ray_address)
+        with contextlib.suppress(KeyboardInterrupt):
+            running.wait(timeout)
+        return running.stop()

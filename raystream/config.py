@@ -1,0 +1,100 @@
+"""Typed, frozen configuration objects. Environment variables are read only in :meth:`from_env`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from raystream.errors import ConfigError
+
+
+class Guarantee(StrEnum):
+    """Processing guarantee of an app."""
+
+    AT_LEAST_ONCE = "at_least_once"
+    EXACTLY_ONCE = "exactly_once"
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """How to reach Kafka, and librdkafka settings passed through unchanged."""
+
+    brokers: str
+    consumer: Mapping[str, Any] = field(default_factory=dict)
+    producer: Mapping[str, Any] = field(default_factory=dict)
+    admin: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.brokers or not isinstance(self.brokers, str):
+            raise ConfigError(
+                "brokers: give the Kafka bootstrap address, e.g. App(..., brokers='host:9092'), "
+                "set RAYSTREAM_BROKERS, or start the dev stack with `raystream dev up`"
+            )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the runtime processes: batch sizes, commit interval, guarantee, new topics."""
+
+    guarantee: Guarantee = Guarantee.AT_LEAST_ONCE
+    #: Epoch length: outputs are flushed and input offsets committed this often.
+    commit_interval_ms: int = 200
+    #: Most records fetched per poll of a worker (all its tasks together).
+    max_batch_records: int = 10_000
+    #: How long a poll waits for records when none are ready.
+    poll_timeout_ms: int = 50
+    #: Partitions given to output topics raystream creates (None: as many as the source topic).
+    default_partitions: int | None = None
+    #: Where to start a partition that has no committed offset: "earliest" or "latest".
+    auto_offset_reset: str = "earliest"
+    #: CPUs reserved per worker actor (fractional so several fit on one node).
+    worker_num_cpus: float = 0.25
+    #: Dead-letter topic: "{topic}" is replaced by the source topic.
+    dlq_topic: str = "{topic}.dlq"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.guarantee, Guarantee):
+            try:
+                object.__setattr__(self, "guarantee", Guarantee(self.guarantee))
+            except ValueError:
+                raise ConfigError(
+                    f"guarantee: {self.guarantee!r} is not one of {[g.value for g in Guarantee]}"
+                ) from None
+        if self.commit_interval_ms <= 0:
+            raise ConfigError("commit_interval_ms: must be a positive number of milliseconds")
+        if self.max_batch_records <= 0:
+            raise ConfigError("max_batch_records: must be positive")
+        if self.poll_timeout_ms < 0:
+            raise ConfigError("poll_timeout_ms: must be >= 0")
+        if self.default_partitions is not None and self.default_partitions <= 0:
+            raise ConfigError("default_partitions: must be positive (or None)")
+        if self.auto_offset_reset not in ("earliest", "latest"):
+            raise ConfigError("auto_offset_reset: must be 'earliest' or 'latest'")
+        if not 0 < self.worker_num_cpus <= 64:
+            raise ConfigError("worker_num_cpus: must be in (0, 64]")
+        if "{topic}" not in self.dlq_topic:
+            raise ConfigError("dlq_topic: must contain '{topic}', e.g. '{topic}.dlq'")
+
+    def with_(self, **changes: Any) -> RuntimeConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+def brokers_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The broker address from RAYSTREAM_BROKERS, else from a running ``raystream dev up``."""
+    env = os.environ if environ is None else environ
+    if env.get("RAYSTREAM_BROKERS"):
+        return env["RAYSTREAM_BROKERS"]
+    try:
+        from pathlib import Path
+
+        from raystream.dev.stack import dev_addresses
+
+        home = Path(env.get("RAYSTREAM_HOME") or Path.home() / ".raystream")
+        found = dev_addresses(home)
+    except ImportError:
+        return None
+    return found[0] if found else None

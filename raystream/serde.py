@@ -1,0 +1,297 @@
+"""Serialisation between Kafka payloads and Arrow batches, as pure functions on micro-batches.
+
+A :class:`Serde` decodes a list of Kafka values into one ``pyarrow.RecordBatch`` (plus the indices
+of the values it could not decode, with the reason) and encodes a RecordBatch into a list of values.
+Payloads are never pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from raystream.errors import ConfigError, SerdeError
+
+_PY_TO_ARROW: dict[Any, pa.DataType] = {
+    int: pa.int64(),
+    float: pa.float64(),
+    str: pa.string(),
+    bool: pa.bool_(),
+    bytes: pa.binary(),
+    datetime: pa.timestamp("ms"),
+    date: pa.date32(),
+}
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The result of decoding a micro-batch: the rows that decoded, and why the others did not."""
+
+    data: pa.RecordBatch
+    #: Indices (into the input values) of the rows in ``data``, in order.
+    good: list[int]
+    #: (index into the input values, error) for every value that could not be decoded.
+    bad: list[tuple[int, SerdeError]] = field(default_factory=list)
+
+
+class Serde(ABC):
+    """Turns Kafka values into Arrow rows and back."""
+
+    @abstractmethod
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        """Decode values into one RecordBatch; undecodable values are reported, never raised."""
+
+    @abstractmethod
+    def encode(self, data: pa.RecordBatch) -> list[bytes]:
+        """Encode every row of ``data`` into a Kafka value."""
+
+
+def schema_of(spec: Any) -> pa.Schema | None:
+    """An Arrow schema from a ``pa.Schema``, a dataclass, a TypedDict or a ``{name: type}`` dict."""
+    if spec is None or isinstance(spec, pa.Schema):
+        return spec
+    if isinstance(spec, dict):
+        return pa.schema([(name, _arrow_type(t, name)) for name, t in spec.items()])
+    if dataclasses.is_dataclass(spec) and isinstance(spec, type):
+        hints = typing.get_type_hints(spec)
+        return pa.schema(
+            [(f.name, _arrow_type(hints[f.name], f.name)) for f in dataclasses.fields(spec)]
+        )
+    if isinstance(spec, type) and hasattr(spec, "__annotations__"):
+        hints = typing.get_type_hints(spec)
+        return pa.schema([(name, _arrow_type(t, name)) for name, t in hints.items()])
+    raise ConfigError(
+        f"value schema {spec!r} is not supported: pass a pyarrow.Schema, a dataclass, a TypedDict "
+        "or a dict of field name -> type"
+    )
+
+
+def _arrow_type(t: Any, name: str) -> pa.DataType:
+    if isinstance(t, pa.DataType):
+        return t
+    origin = typing.get_origin(t)
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return _arrow_type(args[0], name)
+    if origin is list and len(args) == 1:
+        return pa.list_(_arrow_type(args[0], name))
+    if t in _PY_TO_ARROW:
+        return _PY_TO_ARROW[t]
+    raise ConfigError(f"field {name!r}: type {t!r} has no Arrow equivalent; use a pyarrow type")
+
+
+class JSON(Serde):
+    """JSON objects, one per Kafka value.
+
+    With a schema (a ``pa.Schema``, dataclass, TypedDict or dict of types), values are checked
+    against it: a value whose fields have the wrong type is reported as undecodable; fields not
+    in the schema are ignored. Without one, the schema is inferred per batch.
+    """
+
+    def __init__(self, schema: Any = None) -> None:
+        self.schema = schema_of(schema)
+
+    def __repr__(self) -> str:
+        return f"JSON({self.schema})" if self.schema is not None else "JSON()"
+
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        if not values:
+            return Decoded(_empty(self.schema), [])
+        fast = self._decode_fast(values)
+        return fast if fast is not None else self._decode_slow(values)
+
+    def _decode_fast(self, values: Sequence[bytes | None]) -> Decoded | None:
+        # One pyarrow.json call for the whole batch; any irregular value sends us to the slow path,
+        # which finds exactly which values are bad.
+        if any(v is None or not v for v in values):
+            return None
+        buf = b"\n".join(values)  # type: ignore[arg-type]
+        if buf.count(b"\n") != len(values) - 1:
+            return None
+        opts = pajson.ParseOptions(
+            explicit_schema=self.schema,
+            unexpected_field_behavior="ignore" if self.schema is not None else "infer",
+        )
+        try:
+            table = pajson.read_json(
+                io.BytesIO(buf),
+                read_options=pajson.ReadOptions(block_size=max(len(buf) + 1, 1 << 20)),
+                parse_options=opts,
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return None
+        if table.num_rows != len(values):
+            return None
+        if self.schema is None and any(pa.types.is_null(f.type) for f in table.schema):
+            return None  # keep types stable: let the slow path decide all-null columns
+        return Decoded(_one_batch(table), list(range(len(values))))
+
+    def _decode_slow(self, values: Sequence[bytes | None]) -> Decoded:
+        rows: list[dict[str, Any]] = []
+        good: list[int] = []
+        bad: list[tuple[int, SerdeError]] = []
+        for i, v in enumerate(values):
+            if v is None:
+                bad.append((i, SerdeError("null value (tombstone) on a stream")))
+                continue
+            try:
+                obj = json.loads(v)
+            except (ValueError, UnicodeDecodeError) as exc:
+                bad.append((i, SerdeError(f"invalid JSON: {exc}")))
+                continue
+            if not isinstance(obj, dict):
+                bad.append((i, SerdeError(f"JSON value is a {type(obj).__name__}, not an object")))
+                continue
+            if self.schema is not None:
+                obj = {f.name: obj.get(f.name) for f in self.schema}
+            rows.append(obj)
+            good.append(i)
+        try:
+            data = _from_rows(rows, self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            # Find the rows that break the schema one by one.
+            keep_rows: list[dict[str, Any]] = []
+            keep_idx: list[int] = []
+            for i, row in zip(good, rows, strict=True):
+                try:
+                    _from_rows([row], self.schema)
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as row_exc:
+                    bad.append((i, SerdeError(f"value does not match the schema: {row_exc}")))
+                    continue
+                keep_rows.append(row)
+                keep_idx.append(i)
+            if len(keep_rows) == len(rows):
+                raise SerdeError(f"rows decode alone but not together: {exc}") from exc
+            rows, good = keep_rows, keep_idx
+            data = _from_rows(rows, self.schema)
+        bad.sort(key=lambda b: b[0])
+        return Decoded(data, good, bad)
+
+    def encode(self, data: pa.RecordBatch) -> list[bytes]:
+        dumps = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+        return [dumps(row).encode() for row in data.to_pylist()]
+
+
+class String(Serde):
+    """UTF-8 text values, as one column ``value``."""
+
+    def __init__(self, column: str = "value") -> None:
+        self.column = column
+
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        out: list[str] = []
+        good: list[int] = []
+        bad: list[tuple[int, SerdeError]] = []
+        for i, v in enumerate(values):
+            if v is None:
+                bad.append((i, SerdeError("null value (tombstone) on a stream")))
+                continue
+            try:
+                out.append(v.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                bad.append((i, SerdeError(f"invalid UTF-8: {exc}")))
+                continue
+            good.append(i)
+        return Decoded(
+            pa.RecordBatch.from_pydict({self.column: pa.array(out, pa.string())}), good, bad
+        )
+
+    def encode(self, data: pa.RecordBatch) -> list[bytes]:
+        col = _single_column(data, self.column)
+        return [b"" if s is None else str(s).encode("utf-8") for s in col.to_pylist()]
+
+
+class Bytes(Serde):
+    """Raw bytes values, as one column ``value``."""
+
+    def __init__(self, column: str = "value") -> None:
+        self.column = column
+
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        good = [i for i, v in enumerate(values) if v is not None]
+        bad = [
+            (i, SerdeError("null value (tombstone) on a stream"))
+            for i, v in enumerate(values)
+            if v is None
+        ]
+        arr = pa.array([values[i] for i in good], pa.binary())
+        return Decoded(pa.RecordBatch.from_pydict({self.column: arr}), good, bad)
+
+    def encode(self, data: pa.RecordBatch) -> list[bytes]:
+        col = _single_column(data, self.column)
+        return [b"" if v is None else bytes(v) for v in col.to_pylist()]
+
+
+def encode_key(value: Any) -> bytes | None:
+    """The Kafka key bytes for a key of any supported type (str, int, bytes, None)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bool | int | float | Decimal):
+        return str(value).encode("ascii")
+    return json.dumps(value, separators=(",", ":"), default=_json_default).encode()
+
+
+def encode_keys(keys: pa.Array) -> list[bytes | None]:
+    """Kafka key bytes for every key of an Arrow array (fast paths for string and binary)."""
+    if pa.types.is_binary(keys.type) or pa.types.is_large_binary(keys.type):
+        return keys.to_pylist()
+    if pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
+        return [None if k is None else k.encode("utf-8") for k in keys.to_pylist()]
+    return [encode_key(k) for k in keys.to_pylist()]
+
+
+def _single_column(data: pa.RecordBatch, column: str) -> pa.Array:
+    if column in data.schema.names:
+        return data.column(column)
+    if data.num_columns == 1:
+        return data.column(0)
+    raise SerdeError(
+        f"cannot encode rows with columns {data.schema.names} as one value: select the "
+        f"{column!r} column first or use JSON()"
+    )
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, datetime | date):
+        return obj.isoformat()
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "replace")
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _empty(schema: pa.Schema | None) -> pa.RecordBatch:
+    return (
+        pa.RecordBatch.from_pylist([], schema=schema)
+        if schema is not None
+        else pa.RecordBatch.from_pydict({})
+    )
+
+
+def _from_rows(rows: list[dict[str, Any]], schema: pa.Schema | None) -> pa.RecordBatch:
+    if not rows:
+        return _empty(schema)
+    return pa.RecordBatch.from_pylist(rows, schema=schema)
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    batches = table.combine_chunks().to_batches()
+    if not batches:
+        return pa.RecordBatch.from_pylist([], schema=table.schema)
+    return batches[0]  # combine_chunks leaves exactly one chunk per column

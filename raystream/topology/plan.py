@@ -1,0 +1,100 @@
+"""From the logical graph to a plan: sub-topologies (connected parts), their source and sink topics.
+
+A task is partition *p* of every source topic of one sub-topology (Kafka Streams' tasks); task ids
+are ``"<sub-topology>_<partition>"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raystream.errors import TopologyError
+from raystream.topology.nodes import Graph, SinkSpec, SourceSpec
+
+
+@dataclass(frozen=True)
+class SubTopology:
+    """A connected part of the graph: its node ids (parents first) and source/sink topics."""
+
+    id: int
+    node_ids: tuple[int, ...]
+    source_topics: tuple[str, ...]
+    sink_topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TaskId:
+    """Partition ``partition`` of sub-topology ``subtopology``."""
+
+    subtopology: int
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.subtopology}_{self.partition}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sub-topologies of an app's graph."""
+
+    graph: Graph
+    subtopologies: tuple[SubTopology, ...]
+
+    def tasks(self, partitions: dict[str, int]) -> list[TaskId]:
+        """Every task, given the partition count of each source topic."""
+        out: list[TaskId] = []
+        for st in self.subtopologies:
+            counts = {t: partitions[t] for t in st.source_topics}
+            if len(set(counts.values())) > 1:
+                raise TopologyError(
+                    f"sub-topology {st.id} reads topics with different partition counts "
+                    f"{counts}: co-partitioned inputs need equal partition counts"
+                )
+            n = next(iter(counts.values()))
+            out.extend(TaskId(st.id, p) for p in range(n))
+        return out
+
+    def source_topics(self) -> list[str]:
+        """Every topic the app reads."""
+        return sorted({t for st in self.subtopologies for t in st.source_topics})
+
+    def sink_topics(self) -> list[str]:
+        """Every topic the app writes."""
+        return sorted({t for st in self.subtopologies for t in st.sink_topics})
+
+
+def plan(graph: Graph) -> Plan:
+    """Split ``graph`` into sub-topologies and check it can run."""
+    if not graph.nodes:
+        raise TopologyError("the app has no streams: add one with app.stream(topic)")
+    adjacency: dict[int, set[int]] = {n: set() for n in graph.nodes}
+    for e in graph.edges:
+        adjacency[e.src].add(e.dst)
+        adjacency[e.dst].add(e.src)
+    seen: set[int] = set()
+    subs: list[SubTopology] = []
+    for start in graph.nodes:
+        if start in seen:
+            continue
+        stack, part = [start], set()
+        while stack:
+            n = stack.pop()
+            if n in part:
+                continue
+            part.add(n)
+            stack.extend(adjacency[n] - part)
+        seen |= part
+        ids = tuple(sorted(part))
+        sources = tuple(
+            sorted({s.topic for i in ids if isinstance(s := graph.nodes[i], SourceSpec)})
+        )
+        sinks = tuple(sorted({s.topic for i in ids if isinstance(s := graph.nodes[i], SinkSpec)}))
+        if not sinks:
+            raise TopologyError(
+                f"stream(s) from {list(sources)} lead nowhere: end them with .to(topic)"
+            )
+        overlap = set(sources) & set(sinks)
+        if overlap:
+            raise TopologyError(f"topic(s) {sorted(overlap)} are both read and written by one flow")
+        subs.append(SubTopology(len(subs), ids, sources, sinks))
+    return Plan(graph, tuple(subs))
