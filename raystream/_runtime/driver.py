@@ -52,17 +52,13 @@ class RunningApp:
         self.app = app
         self._t0 = time.monotonic()
         actor: Any = ray.remote(Coordinator)
-        self._coord: Any = (
-            actor
-            .options(
-                name=coordinator_name(app),
-                namespace=NAMESPACE,
-                num_cpus=0,
-                max_concurrency=32,
-                max_restarts=0,
-            )
-            .remote(app, plan, kafka, runtime, workers, bounded)
-        )
+        self._coord: Any = actor.options(
+            name=coordinator_name(app),
+            namespace=NAMESPACE,
+            num_cpus=0,
+            max_concurrency=32,
+            max_restarts=0,
+        ).remote(app, plan, kafka, runtime, workers, bounded)
         try:
             ray.get(self._coord.start.remote())
         except ray.exceptions.RayTaskError as exc:

@@ -7,7 +7,7 @@ and raised at :meth:`OutputSink.flush`, before any input offset is committed.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError as _RdKafkaError
 from confluent_kafka import Producer
@@ -16,6 +16,20 @@ from raystream._kafka.clients import producer
 from raystream._kafka.headers import Headers
 from raystream.config import KafkaConfig
 from raystream.errors import KafkaError
+
+
+class Sink(Protocol):
+    """Where a task's output records go."""
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        timestamp: int,
+        headers: Headers | None,
+    ) -> None:
+        """Queue one record for ``topic``."""
 
 
 class OutputSink:

@@ -2,7 +2,7 @@
 
 ``TaskRunner.process`` decodes a partition's messages into an Arrow batch, pushes it through the
 operators (parents before children, port by port), and hands sink records and dead letters to the
-worker's :class:`OutputSink`. Nothing here talks to Ray.
+worker's output :class:`Sink`. Nothing here talks to Ray.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raystream._kafka import headers as hdr
-from raystream._runtime.output import OutputSink
+from raystream._runtime.output import Sink
 from raystream.errors import SerdeError
 from raystream.operators.base import Batch, Operator, RecordFailure, TaskContext
 from raystream.serde import encode_keys
@@ -57,7 +57,7 @@ class TaskRunner:
         app: str,
         task: TaskId,
         plan: Plan,
-        out: OutputSink,
+        out: Sink,
         dlq_topic: Callable[[str], str],
         provenance: Callable[[], hdr.Headers],
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),

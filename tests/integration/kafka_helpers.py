@@ -1,0 +1,104 @@
+"""Small, real Kafka helpers for integration tests (produce inputs, read whole topics)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+@dataclass(frozen=True)
+class Msg:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.value) if self.value is not None else None
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int, **config: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.create_topics([NewTopic(topic, partitions, 1, config=config)]).values():
+        fut.result()
+
+
+def produce(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
+) -> int:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"})
+    n = 0
+    for key, value in records:
+        while True:
+            try:
+                p.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                p.poll(0.05)
+        n += 1
+        if n % 10_000 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
+    return n
+
+
+def produce_json(bootstrap: str, topic: str, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    return produce(bootstrap, topic, ((k.encode(), json.dumps(v).encode()) for k, v in rows))
+
+
+def read_all(bootstrap: str, topic: str, idle_s: float = 1.0, timeout: float = 60) -> list[Msg]:
+    """Every record of ``topic``, partition by partition in offset order."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    md = admin.list_topics(timeout=10)
+    assert topic in md.topics, f"topic {topic} does not exist"
+    n = len(md.topics[topic].partitions)
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    out: list[Msg] = []
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in range(n)])
+        eof: set[int] = set()
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while len(eof) < n and time.monotonic() < deadline:
+            msgs = c.consume(10_000, 0.2)
+            if not msgs and time.monotonic() - last > idle_s:
+                break
+            for m in msgs:
+                last = time.monotonic()
+                err = m.error()
+                if err is not None:
+                    if err.code() == -191:  # _PARTITION_EOF
+                        eof.add(m.partition())
+                    continue
+                eof.discard(m.partition())
+                out.append(
+                    Msg(
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.key(),
+                        m.value(),
+                        m.timestamp()[1],
+                        {k: (v or b"").decode() for k, v in (m.headers() or [])},
+                    )
+                )
+    finally:
+        c.close()
+    out.sort(key=lambda m: (m.partition, m.offset))
+    return out

@@ -1,0 +1,155 @@
+"""Stateless jobs end to end: embedded broker, local Ray, 2 and 4 workers, a killed worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter, defaultdict
+
+import pytest
+
+import raystream as rs
+from raystream.dev.broker import EmbeddedBroker
+
+from .kafka_helpers import create_topic, produce, produce_json, read_all
+
+N = 100_000
+PARTITIONS = 8
+CUSTOMERS = 1_000
+
+
+def payments(n: int) -> list[tuple[str, dict[str, int | str]]]:
+    seq: dict[str, int] = defaultdict(int)
+    out = []
+    for i in range(n):
+        c = f"c{(i * 7919) % CUSTOMERS}"
+        out.append((c, {"id": i, "customer": c, "amount": (i * 37) % 2000, "seq": seq[c]}))
+        seq[c] += 1
+    return out
+
+
+def build(app: rs.App, src: str, prefix: str) -> None:
+    s = app.stream(src, key="customer")
+    big, small, rest = s.branch(lambda r: r["amount"] >= 1500, lambda r: r["amount"] < 100)
+    big.map(lambda r: {**r, "review": True}).to(f"{prefix}.review")
+    small.flat_map(lambda r: [{**r, "copy": 0}, {**r, "copy": 1}]).to(f"{prefix}.small")
+    rest.filter(lambda r: r["amount"] % 2 == 0).to(f"{prefix}.even")
+
+
+def expected(rows: list[tuple[str, dict]]) -> dict[str, Counter]:
+    exp: dict[str, Counter] = {"review": Counter(), "small": Counter(), "even": Counter()}
+    for _, r in rows:
+        if r["amount"] >= 1500:
+            exp["review"][json.dumps({**r, "review": True}, sort_keys=True)] += 1
+        elif r["amount"] < 100:
+            for copy in (0, 1):
+                exp["small"][json.dumps({**r, "copy": copy}, sort_keys=True)] += 1
+        elif r["amount"] % 2 == 0:
+            exp["even"][json.dumps(r, sort_keys=True)] += 1
+    return exp
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_stateless_job_output_is_exact_and_ordered_per_key(
+    broker: EmbeddedBroker, ray_local: None, unique: str, workers: int
+) -> None:
+    src = f"{unique}.payments"
+    create_topic(broker.bootstrap, src, PARTITIONS)
+    rows = payments(N)
+    produce_json(broker.bootstrap, src, rows)
+    app = rs.App(unique, brokers=broker.bootstrap)
+    build(app, src, unique)
+
+    result = app.run(workers=workers, bounded=True, timeout=300)
+
+    assert result.state == "finished"
+    assert result.records_in == N and result.dead_letters == 0
+    assert len(result.status["assignments"]) == workers
+    owned = sorted(t for ts in result.status["assignments"].values() for t in ts)
+    assert owned == sorted(f"0_{p}" for p in range(PARTITIONS))
+    exp = expected(rows)
+    for name, want in exp.items():
+        msgs = read_all(broker.bootstrap, f"{unique}.{name}")
+        got = Counter(json.dumps(m.json(), sort_keys=True) for m in msgs)
+        assert got == want, name
+        # Order per key: within a partition, a customer's records keep their input order.
+        last: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            v = m.json()
+            assert m.key == v["customer"].encode()
+            k = (v["customer"], v.get("copy", 0))
+            assert last.get(k, -1) < v["seq"], f"{name}: {k} out of order"
+            last[k] = v["seq"]
+    assert result.records_out == sum(sum(c.values()) for c in exp.values())
+
+
+def test_killed_worker_is_restarted_and_every_input_is_processed(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    src = f"{unique}.in"
+    n = 200_000
+    create_topic(broker.bootstrap, src, PARTITIONS)
+    produce(broker.bootstrap, src, ((b"k%d" % (i % 500), b"%d" % i) for i in range(n)))
+    app = rs.App(unique, brokers=broker.bootstrap, max_batch_records=2_000)
+    app.stream(src, value=rs.String()).map(lambda r: {"v": int(r["value"])}).to(f"{unique}.out")
+
+    running = app.start(workers=2, bounded=True)
+    victim = running.worker_pids()[0]
+    # Let the victim commit some progress, then kill its process outright.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        w = running.status()["workers"].get(0)
+        if w and w["records_in"] > 0:
+            break
+        time.sleep(0.05)
+    os.kill(victim, signal.SIGKILL)
+    state = running.wait(timeout=300)
+    result = running.stop()
+
+    assert state == "finished"
+    assert result.status["attempts"][0] >= 1, "the killed slot never came back"
+    assert running_pid_changed(result.status, victim)
+    seen = Counter(m.json()["v"] for m in read_all(broker.bootstrap, f"{unique}.out"))
+    missing = [i for i in range(n) if seen[i] == 0]
+    assert not missing, f"{len(missing)} inputs lost, e.g. {missing[:5]}"
+
+
+def running_pid_changed(status: dict, old_pid: int) -> bool:
+    return status["workers"][0]["pid"] != old_pid
+
+
+def test_undecodable_records_do_not_stop_the_partition(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    src = f"{unique}.in"
+    create_topic(broker.bootstrap, src, 2)
+    good = [(b"k%d" % i, json.dumps({"i": i}).encode()) for i in range(1000)]
+    bad = [(b"k1", b"{broken"), (b"k2", b"\xff\xfe"), (b"k3", b"[1,2,3]")]
+    produce(broker.bootstrap, src, good[:500] + bad + good[500:])
+    app = rs.App(unique, brokers=broker.bootstrap)
+    app.stream(src).map(lambda r: {"i": r["i"], "ok": True}).to(f"{unique}.out")
+
+    result = app.run(workers=1, bounded=True, timeout=120)
+
+    assert result.state == "finished"
+    assert result.dead_letters == 3 and result.records_in == 1003
+    out = sorted(m.json()["i"] for m in read_all(broker.bootstrap, f"{unique}.out"))
+    assert out == list(range(1000))
+    dlq = read_all(broker.bootstrap, f"{src}.dlq")
+    assert sorted(m.value for m in dlq) == sorted(v for _, v in bad)
+    for m in dlq:
+        assert m.headers["rs.source.topic"] == src
+        assert m.headers["rs.operator"] == "decode"
+        assert m.headers["rs.app"] == unique
+        assert "SerdeError" in m.headers["rs.error.class"]
+
+
+def test_missing_input_topic_fails_fast_with_the_topic_name(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    app = rs.App(unique, brokers=broker.bootstrap)
+    app.stream(f"{unique}.nope").to(f"{unique}.out")
+    with pytest.raises(rs.TopicNotFoundError, match=f"{unique}.nope"):
+        app.run(workers=1, bounded=True, timeout=30)

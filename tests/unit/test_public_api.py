@@ -1,0 +1,42 @@
+"""The public surface is what __all__ says, and nothing leaks in by accident."""
+
+import raystream
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(raystream.__all__) == sorted(
+        [
+            "JSON",
+            "App",
+            "Bytes",
+            "ConfigError",
+            "DevStackError",
+            "Guarantee",
+            "KafkaConfig",
+            "KafkaError",
+            "OperatorContractError",
+            "ProducerFencedError",
+            "RaystreamError",
+            "RunResult",
+            "RunningApp",
+            "RuntimeConfig",
+            "RuntimeStateError",
+            "Serde",
+            "SerdeError",
+            "Stream",
+            "String",
+            "TopicNotFoundError",
+            "TopologyError",
+            "UserFunctionError",
+            "__version__",
+        ]
+    )
+    for name in raystream.__all__:
+        assert hasattr(raystream, name), name
+
+
+def test_errors_share_one_root() -> None:
+    for name in raystream.__all__:
+        obj = getattr(raystream, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, raystream.RaystreamError), name
