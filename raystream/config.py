@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -83,18 +83,37 @@ class RuntimeConfig:
         return replace(self, **changes)
 
 
+def dev_stack_environment(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The variables of a running ``raystream dev up`` (brokers, RAY_ADDRESS, Ray auth), if any.
+
+    The dev stack's home is RAYSTREAM_HOME, else ``~/.raystream``.
+    """
+    from pathlib import Path
+
+    from raystream.dev.stack import dev_environment
+
+    env = os.environ if environ is None else environ
+    home = Path(env.get("RAYSTREAM_HOME") or Path.home() / ".raystream")
+    return dev_environment(home)
+
+
 def brokers_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """The broker address from RAYSTREAM_BROKERS, else from a running ``raystream dev up``."""
     env = os.environ if environ is None else environ
     if env.get("RAYSTREAM_BROKERS"):
         return env["RAYSTREAM_BROKERS"]
-    try:
-        from pathlib import Path
+    dev = dev_stack_environment(env)
+    return dev.get("RAYSTREAM_BROKERS") if dev else None
 
-        from raystream.dev.stack import dev_addresses
 
-        home = Path(env.get("RAYSTREAM_HOME") or Path.home() / ".raystream")
-        found = dev_addresses(home)
-    except ImportError:
+def ray_address_from_env(environ: MutableMapping[str, str] | None = None) -> str | None:
+    """RAY_ADDRESS, else the Ray head of a running ``raystream dev up`` (whose auth variables are
+    then set in ``environ``, as Ray clients read them from there); None: Ray decides."""
+    env = os.environ if environ is None else environ
+    if env.get("RAY_ADDRESS"):
+        return env["RAY_ADDRESS"]
+    dev = dev_stack_environment(env)
+    if not dev or "RAY_ADDRESS" not in dev:
         return None
-    return found[0] if found else None
+    env.update({k: v for k, v in dev.items() if k.startswith("RAY_")})
+    return dev["RAY_ADDRESS"]

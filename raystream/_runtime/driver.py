@@ -10,7 +10,7 @@ from typing import Any
 import ray
 
 from raystream._runtime.coordinator import NAMESPACE, Coordinator, coordinator_name
-from raystream.config import KafkaConfig, RuntimeConfig
+from raystream.config import KafkaConfig, RuntimeConfig, ray_address_from_env
 from raystream.errors import RaystreamError, RuntimeStateError
 from raystream.topology.plan import Plan
 
@@ -22,6 +22,8 @@ def ensure_ray(address: str | None = None) -> None:
     RAY_ADDRESS or a local ``ray start``), else a new local Ray."""
     if ray.is_initialized():
         return
+    if address is None:
+        address = ray_address_from_env()
     ray.init(address=address, namespace=NAMESPACE, log_to_driver=True, configure_logging=False)
 
 

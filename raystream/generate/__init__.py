@@ -1,0 +1,1 @@
+"""Realistic, seeded event generators for demos, tests and benchmarks."""
