@@ -153,3 +153,37 @@ def test_missing_input_topic_fails_fast_with_the_topic_name(
     app.stream(f"{unique}.nope").to(f"{unique}.out")
     with pytest.raises(rs.TopicNotFoundError, match=f"{unique}.nope"):
         app.run(workers=1, bounded=True, timeout=30)
+
+
+def test_graceful_stop_commits_and_a_restart_resumes_without_duplicates(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    src, out = f"{unique}.in", f"{unique}.out"
+    create_topic(broker.bootstrap, src, 4)
+    produce(broker.bootstrap, src, ((b"k%d" % (i % 50), b"%d" % i) for i in range(30_000)))
+
+    def build() -> rs.App:
+        app = rs.App(unique, brokers=broker.bootstrap)
+        app.stream(src, value=rs.String()).map(lambda r: {"v": int(r["value"])}).to(out)
+        return app
+
+    running = build().start(workers=2)  # unbounded: runs until stopped
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if sum(w["records_in"] for w in running.status()["workers"].values()) >= 30_000:
+            break
+        time.sleep(0.1)
+    first = running.stop()
+    assert first.state == "stopped" and first.records_in == 30_000
+
+    from raystream._kafka.admin import committed_offsets
+
+    cfg = rs.KafkaConfig(broker.bootstrap)
+    committed = committed_offsets(cfg, unique, [(src, p) for p in range(4)])
+    assert sum(v or 0 for v in committed.values()) == 30_000
+
+    produce(broker.bootstrap, src, ((b"k%d" % (i % 50), b"%d" % i) for i in range(30_000, 40_000)))
+    second = build().run(workers=3, bounded=True, timeout=120)
+    assert second.state == "finished" and second.records_in == 10_000
+    values = sorted(m.json()["v"] for m in read_all(broker.bootstrap, out))
+    assert values == list(range(40_000))
