@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration bench clean
+.PHONY: install demo test lint typecheck unit integration clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ demo: install
 	$(VENV)/bin/raystream demo
 
 lint: install
-	$(VENV)/bin/ruff check raystream tests jobs bench
-	$(VENV)/bin/ruff format --check raystream tests jobs bench
+	$(VENV)/bin/ruff check raystream tests jobs
+	$(VENV)/bin/ruff format --check raystream tests jobs
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -33,8 +33,6 @@ integration: install
 test: lint typecheck
 	$(PY) -m pytest tests -q
 
-bench: install
-	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

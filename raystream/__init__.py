@@ -16,17 +16,34 @@ from raystream.errors import (
     TopologyError,
     UserFunctionError,
 )
+from raystream.operators.aggregations import (
+    Aggregation,
+    collect,
+    count,
+    count_distinct,
+    custom,
+    first,
+    last,
+    max,
+    mean,
+    min,
+    sum,
+)
+from raystream.operators.windows import hopping, session, sliding, tumbling
 from raystream.serde import JSON, Bytes, Serde, String
+from raystream.topology.grouped import GroupedStream, WindowedStream
 from raystream.topology.stream import Stream
 
 __version__ = "0.1.0"
 
 __all__ = [
     "JSON",
+    "Aggregation",
     "App",
     "Bytes",
     "ConfigError",
     "DevStackError",
+    "GroupedStream",
     "Guarantee",
     "KafkaConfig",
     "KafkaError",
@@ -44,5 +61,20 @@ __all__ = [
     "TopicNotFoundError",
     "TopologyError",
     "UserFunctionError",
+    "WindowedStream",
     "__version__",
+    "collect",
+    "count",
+    "count_distinct",
+    "custom",
+    "first",
+    "hopping",
+    "last",
+    "max",
+    "mean",
+    "min",
+    "session",
+    "sliding",
+    "sum",
+    "tumbling",
 ]

@@ -73,7 +73,7 @@ class App:
         if not topic or not isinstance(topic, str):
             raise TopologyError("stream(topic): topic must be a non-empty string")
         node = self._graph.add(SourceSpec(topic, value or JSON(), key, time))
-        return Stream(self, node)
+        return Stream(self, node, 0, key)
 
     def plan(self) -> Plan:
         """The sub-topologies this app runs (checks the topology)."""

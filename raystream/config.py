@@ -54,6 +54,11 @@ class RuntimeConfig:
     worker_num_cpus: float = 0.25
     #: Dead-letter topic: "{topic}" is replaced by the source topic.
     dlq_topic: str = "{topic}.dlq"
+    #: Default topic for late records of windowed aggregations: "{app}" is the app id.
+    late_topic: str = "{app}.late"
+    #: After this long without input, a task's watermark advances with processing time from the
+    #: last event time seen, so an idle partition's windows still close. None: never.
+    idle_timeout_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.guarantee, Guarantee):
@@ -75,6 +80,8 @@ class RuntimeConfig:
             raise ConfigError("auto_offset_reset: must be 'earliest' or 'latest'")
         if not 0 < self.worker_num_cpus <= 64:
             raise ConfigError("worker_num_cpus: must be in (0, 64]")
+        if self.idle_timeout_ms is not None and self.idle_timeout_ms <= 0:
+            raise ConfigError("idle_timeout_ms: must be positive, or None to disable")
         if "{topic}" not in self.dlq_topic:
             raise ConfigError("dlq_topic: must contain '{topic}', e.g. '{topic}.dlq'")
 

@@ -11,6 +11,7 @@ partition, so dead letters, keys and timestamps behave as in production.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,7 @@ class TopologyTestDriver:
         self._offsets: dict[tuple[str, int], int] = {}
         self._tasks: dict[TaskId, TaskRunner] = {}
         self._read: dict[str, int] = {}
+        self._forwarded = 0
         dlq = app.config.dlq_topic
         for task in self.plan.tasks({t: partitions for t in self.plan.source_topics()}):
             self._tasks[task] = TaskRunner(
@@ -107,6 +109,39 @@ class TopologyTestDriver:
         )
         for st in subs:
             self._tasks[TaskId(st.id, partition)].process(incoming)
+        self._forward_internal()
+
+    def _forward_internal(self) -> None:
+        """Feed records written to repartition topics to the sub-topologies reading them, as
+        the broker would (partitioned by key)."""
+        internal = self.plan.internal_topics()
+        while True:
+            batch = [
+                (i, r)
+                for i, r in enumerate(self._sink.records)
+                if r.topic in internal and i >= self._forwarded
+            ]
+            self._forwarded = len(self._sink.records)
+            if not batch:
+                return
+            by_partition: dict[tuple[str, int], list[Record]] = {}
+            for _, r in batch:
+                p = zlib.crc32(r.key or b"") % self.partitions
+                by_partition.setdefault((r.topic, p), []).append(r)
+            for (topic, p), recs in by_partition.items():
+                self.pipe(
+                    topic,
+                    [r.value for r in recs],
+                    keys=[r.key for r in recs],
+                    timestamps=[r.timestamp for r in recs],
+                    partition=p,
+                )
+
+    def finish(self) -> None:
+        """End of input: every task closes its windows (as a bounded run does at its end)."""
+        for task in self._tasks.values():
+            task.finish()
+        self._forward_internal()
 
     def advance_time(self, ms: int) -> None:
         """Move the processing-time clock forward by ``ms``."""
@@ -116,6 +151,7 @@ class TopologyTestDriver:
         """Tell every task that event time reached ``watermark``."""
         for task in self._tasks.values():
             task.advance_watermark(watermark)
+        self._forward_internal()
 
     def read(self, topic: str) -> list[Record]:
         """Records written to ``topic`` since the last read of it."""

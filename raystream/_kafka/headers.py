@@ -17,6 +17,7 @@ DLQ_OFFSET = "rs.source.offset"
 DLQ_TIMESTAMP = "rs.source.timestamp"
 DLQ_APP = "rs.app"
 DLQ_OPERATOR = "rs.operator"
+LATE_REASON = "rs.late.reason"
 
 
 def provenance(task: str, epoch: int, attempt: int) -> Headers:

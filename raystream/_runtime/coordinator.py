@@ -62,14 +62,17 @@ class Coordinator:
         self._reports: dict[int, WorkerReport] = {}
         self._workers: dict[int, Any] = {}
         self._ends: dict[tuple[str, int], int] | None = None
+        self._partitions: dict[str, int] = {}
         self._state = "created"
         self._started_at = 0.0
 
     def start(self) -> dict[str, Any]:
         """Check topics, create the missing output topics, assign tasks, start the workers."""
         topics = Topics(self.kafka)
-        partitions = topics.require(self.plan.source_topics())
+        external = topics.require(self.plan.external_source_topics())
+        partitions = self.plan.resolve_partitions(external)
         tasks = self.plan.tasks(partitions)
+        self._partitions = partitions
         if self.n_workers > len(tasks):
             log.warning(
                 "%d workers for %d tasks: %d will idle",
@@ -80,8 +83,7 @@ class Coordinator:
         topics.ensure(self._output_topics(partitions))
         if self.bounded:
             self._ends = end_offsets(
-                self.kafka,
-                [(t, p) for t in self.plan.source_topics() for p in range(partitions[t])],
+                self.kafka, [(t, p) for t in external for p in range(partitions[t])]
             )
         self._assignments = assign(tasks, self.n_workers)
         me = ray.get_runtime_context().current_actor
@@ -107,7 +109,7 @@ class Coordinator:
         default = self.runtime.default_partitions or max(partitions.values(), default=1)
         for spec in self.plan.graph.nodes.values():
             if isinstance(spec, SinkSpec):
-                wanted[spec.topic] = spec.partitions or default
+                wanted[spec.topic] = partitions.get(spec.topic) or spec.partitions or default
         for topic in self.plan.source_topics():
             wanted.setdefault(self.runtime.dlq_topic.format(topic=topic), partitions[topic])
         return wanted
@@ -128,6 +130,27 @@ class Coordinator:
                 }
                 ends = {tp: off for tp, off in self._ends.items() if tp in mine}
         return Assignment(slot, attempt, tasks, ends)
+
+    def known_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """End offsets of ``partitions`` known so far in a bounded run. An internal topic's end
+        becomes known once every task of every sub-topology writing it has finished."""
+        if self._ends is None:
+            return {}
+        for topic in {t for t, _ in partitions if (t, 0) not in self._ends}:
+            if self._writers_done(topic):
+                ends = end_offsets(self.kafka, [(topic, p) for p in range(self._partitions[topic])])
+                with self._lock:
+                    self._ends.update(ends)
+        return {tp: self._ends[tp] for tp in partitions if tp in self._ends}
+
+    def _writers_done(self, topic: str) -> bool:
+        with self._lock:
+            done = {t for r in self._reports.values() for t in r.done_tasks}
+        return all(
+            f"{st.id}_{p}" in done
+            for st in self.plan.writers(topic)
+            for p in range(self._partitions[st.source_topics[0]])
+        )
 
     def worker_report(self, report: WorkerReport) -> None:
         """Record a worker's state."""

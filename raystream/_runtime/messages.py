@@ -33,6 +33,8 @@ class WorkerReport:
     dead_letters: int = 0
     positions: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
+    #: Tasks that reached their end offsets and flushed (bounded runs), as of the last commit.
+    done_tasks: list[str] = field(default_factory=list)
     last_error: str | None = None
     fatal: bool = False
     committed_at: float = 0.0

@@ -26,6 +26,9 @@ from raystream.topology.plan import Plan, TaskId
 
 log = logging.getLogger("raystream.task")
 
+#: The watermark that closes every window: end of input in bounded runs.
+END_OF_INPUT = 1 << 62
+
 
 @dataclass
 class Incoming:
@@ -80,6 +83,16 @@ class TaskRunner:
         self.operators: dict[int, Operator] = {}
         self._current: Incoming | None = None
         self._raw_index: dict[int, int] = {}
+        self._clock_ms = clock_ms
+        #: Largest event time seen by this task, and when (processing time) input last came.
+        self.max_event_time: int | None = None
+        self.last_input_ms = clock_ms()
+        self.finished = False
+        self.late_parent: dict[int, str] = {
+            e.dst: graph.names[e.src]
+            for e in graph.edges
+            if isinstance(graph.nodes[e.dst], SinkSpec) and graph.nodes[e.dst].late  # type: ignore[union-attr]
+        }
         ctx = TaskContext(
             app=app,
             task=str(task),
@@ -105,9 +118,15 @@ class TaskRunner:
         self._raw_index = {off: i for i, off in enumerate(incoming.offsets)}
         try:
             self.counters.records_in += len(incoming.values)
+            self.last_input_ms = self._clock_ms()
             for node, spec in self.sources.get(incoming.topic, []):
                 batch = self._decode(spec, incoming)
                 if batch.num_rows:
+                    top = pc.max(batch.timestamps).as_py()
+                    if top is not None and (
+                        self.max_event_time is None or top > self.max_event_time
+                    ):
+                        self.max_event_time = top
                     self._emit(node, [batch])
         finally:
             self._current = None
@@ -162,13 +181,28 @@ class TaskRunner:
         c.by_operator_in[name] = c.by_operator_in.get(name, 0) + batch.num_rows
         sink = self.sinks.get(node)
         if sink is not None:
-            self._write(sink, batch)
+            self._write(sink, batch, node)
             return
         outputs = self.operators[node].process(batch)
         c.by_operator_out[name] = c.by_operator_out.get(name, 0) + sum(
             b.num_rows for b in outputs if b is not None
         )
         self._emit(node, outputs)
+
+    def finish(self) -> None:
+        """End of input (bounded runs): close every window, emit what remains."""
+        if not self.finished:
+            self.finished = True
+            self.advance_watermark(END_OF_INPUT)
+
+    def check_idle(self, idle_timeout_ms: int) -> None:
+        """After ``idle_timeout_ms`` without input, let event time follow processing time from
+        the last event time seen, so that windows of an idle partition still close."""
+        if self.max_event_time is None:
+            return
+        idle = self._clock_ms() - self.last_input_ms
+        if idle >= idle_timeout_ms:
+            self.advance_watermark(self.max_event_time + idle)
 
     def advance_watermark(self, watermark: int) -> None:
         """Tell every operator the task's watermark moved; push what that emits."""
@@ -178,11 +212,17 @@ class TaskRunner:
                 self._emit(node, op.on_watermark(watermark))
 
     # -- output ------------------------------------------------------------------------------
-    def _write(self, sink: SinkSpec, batch: Batch) -> None:
+    def _write(self, sink: SinkSpec, batch: Batch, node_id: int) -> None:
         values = sink.serde.encode(batch.data)
         keys = encode_keys(batch.keys)
         stamps = batch.timestamps.to_pylist()
         headers = self.provenance()
+        if sink.late:
+            headers = [
+                *headers,
+                (hdr.LATE_REASON, b"window closed: watermark passed window end + grace"),
+                (hdr.DLQ_OPERATOR, self.late_parent.get(node_id, "?").encode()),
+            ]
         send = self.out.send
         topic = sink.topic
         for v, k, ts in zip(values, keys, stamps, strict=True):

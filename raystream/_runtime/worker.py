@@ -110,17 +110,27 @@ class Worker:
         try:
             tasks, by_partition = self._build_tasks(a, out, lambda: epoch)
             positions = self._seek(consumer, list(by_partition))
-            ends = a.end_offsets
+            ends = dict(a.end_offsets) if a.end_offsets is not None else None
+            partitions_of = _partitions_by_task(by_partition)
             self._report.state = "running"
-            last_commit = time.monotonic()
+            last_commit = last_ends = time.monotonic()
             interval = self.runtime.commit_interval_ms / 1000.0
+            idle_timeout = self.runtime.idle_timeout_ms
             while True:
-                if ends is not None and all(
-                    positions[tp] >= ends.get(tp, 0) for tp in by_partition
-                ):
-                    self._commit(consumer, out, positions, epoch)
-                    self._update_report(tasks, positions, consumer, epoch)
-                    return True
+                if ends is not None:
+                    if time.monotonic() - last_ends >= 0.2 and len(ends) < len(by_partition):
+                        missing = [tp for tp in by_partition if tp not in ends]
+                        ends.update(ray.get(self.coordinator.known_ends.remote(missing)))
+                        last_ends = time.monotonic()
+                    for task, tps in partitions_of.items():
+                        if not task.finished and all(
+                            tp in ends and positions[tp] >= ends[tp] for tp in tps
+                        ):
+                            task.finish()
+                    if all(t.finished for t in tasks):
+                        self._commit(consumer, out, positions, epoch)
+                        self._update_report(tasks, positions, consumer, epoch)
+                        return True
                 if self._stop.is_set():
                     self._commit(consumer, out, positions, epoch)
                     self._update_report(tasks, positions, consumer, epoch)
@@ -135,6 +145,9 @@ class Worker:
                     out.poll()
                 elif ends is not None:
                     _skip_control_records(consumer, positions)
+                if idle_timeout is not None:
+                    for task in tasks:
+                        task.check_idle(idle_timeout)
                 if time.monotonic() - last_commit >= interval:
                     self._commit(consumer, out, positions, epoch)
                     self._update_report(tasks, positions, consumer, epoch)
@@ -209,6 +222,7 @@ class Worker:
         r.records_in = sum(t.counters.records_in for t in tasks)
         r.records_out = sum(t.counters.records_out for t in tasks)
         r.dead_letters = sum(t.counters.dead_letters for t in tasks)
+        r.done_tasks = [str(t.task) for t in tasks if t.finished]
         r.positions = {f"{t}[{p}]": off for (t, p), off in positions.items()}
         lag: dict[str, int] = {}
         for (t, p), off in positions.items():
@@ -243,6 +257,15 @@ def _group(msgs: list[Any]) -> dict[tuple[str, int], Incoming]:
             [m.offset() for m in ms],
         )
     return groups
+
+
+def _partitions_by_task(
+    by_partition: dict[tuple[str, int], TaskRunner],
+) -> dict[TaskRunner, list[tuple[str, int]]]:
+    out: dict[TaskRunner, list[tuple[str, int]]] = defaultdict(list)
+    for tp, task in by_partition.items():
+        out[task].append(tp)
+    return dict(out)
 
 
 def _skip_control_records(consumer: Consumer, positions: dict[tuple[str, int], int]) -> None:

@@ -18,6 +18,8 @@ class SourceSpec:
     key_field: str | None = None
     #: Field holding event time (ms since epoch, or a timestamp); None: the Kafka timestamp.
     time_field: str | None = None
+    #: An internal (repartition) topic that raystream creates and owns.
+    internal: bool = False
     kind = "source"
 
 
@@ -29,6 +31,10 @@ class SinkSpec:
     serde: Serde
     #: Partitions when raystream creates the topic; None: the app's default.
     partitions: int | None = None
+    #: Receives an operator's late records (headers say why).
+    late: bool = False
+    #: An internal (repartition) topic that raystream creates and owns.
+    internal: bool = False
     kind = "sink"
 
 

@@ -58,6 +58,48 @@ class Plan:
         """Every topic the app reads."""
         return sorted({t for st in self.subtopologies for t in st.source_topics})
 
+    def external_source_topics(self) -> list[str]:
+        """The topics the app reads that it does not own (they must exist)."""
+        internal = self.internal_topics()
+        return [t for t in self.source_topics() if t not in internal]
+
+    def internal_topics(self) -> dict[str, int | None]:
+        """Repartition topics the app owns, with their requested partition counts."""
+        return {
+            s.topic: s.partitions
+            for s in self.graph.nodes.values()
+            if isinstance(s, SinkSpec) and s.internal
+        }
+
+    def writers(self, topic: str) -> list[SubTopology]:
+        """The sub-topologies that write ``topic``."""
+        return [st for st in self.subtopologies if topic in st.sink_topics]
+
+    def resolve_partitions(self, external: dict[str, int]) -> dict[str, int]:
+        """Partition counts of every source topic: internal topics get their requested count,
+        else as many as the sub-topology that writes them reads."""
+        counts = dict(external)
+        pending = dict(self.internal_topics())
+        while pending:
+            progressed = False
+            for topic, wanted in list(pending.items()):
+                upstream = [
+                    c
+                    for st in self.writers(topic)
+                    for t in st.source_topics
+                    if (c := counts.get(t)) is not None
+                ]
+                if wanted is None and len(upstream) < sum(
+                    len(st.source_topics) for st in self.writers(topic)
+                ):
+                    continue
+                counts[topic] = wanted or max(upstream, default=1)
+                del pending[topic]
+                progressed = True
+            if not progressed:
+                raise TopologyError(f"cannot size repartition topics {sorted(pending)}: a cycle?")
+        return counts
+
     def sink_topics(self) -> list[str]:
         """Every topic the app writes."""
         return sorted({t for st in self.subtopologies for t in st.sink_topics})
