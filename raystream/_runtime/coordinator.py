@@ -16,6 +16,7 @@ import ray
 
 from raystream._kafka.admin import Topics, end_offsets
 from raystream._runtime.assignment import assign
+from raystream._runtime.driver import NAMESPACE
 from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.worker import Worker
 from raystream.config import KafkaConfig, RuntimeConfig
@@ -24,8 +25,6 @@ from raystream.topology.nodes import SinkSpec
 from raystream.topology.plan import Plan, TaskId
 
 log = logging.getLogger("raystream.coordinator")
-
-NAMESPACE = "raystream"
 
 
 def coordinator_name(app: str) -> str:

@@ -3,28 +3,47 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import ray
-
-from raystream._runtime.coordinator import NAMESPACE, Coordinator, coordinator_name
 from raystream.config import KafkaConfig, RuntimeConfig, ray_address_from_env
 from raystream.errors import RaystreamError, RuntimeStateError
 from raystream.topology.plan import Plan
 
 log = logging.getLogger("raystream.driver")
 
+# Ray is imported on first use, not with raystream: Ray reads its address, auth and loopback
+# settings from the environment once, at import, and ensure_ray() may still have to set them.
+NAMESPACE = "raystream"
+
 
 def ensure_ray(address: str | None = None) -> None:
     """Connect to Ray: ``address``, else the cluster this process runs in (``ray job submit``,
     RAY_ADDRESS or a local ``ray start``), else a new local Ray."""
-    if ray.is_initialized():
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return
     if address is None:
         address = ray_address_from_env()
+    if address and address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+        _stay_on_loopback()
+    import ray
+
     ray.init(address=address, namespace=NAMESPACE, log_to_driver=True, configure_logging=False)
+
+
+def _stay_on_loopback() -> None:
+    """Connect to a loopback Ray head as it is: on Linux a Ray client otherwise replaces
+    127.0.0.1 by the machine's address, where a loopback-only head does not listen. Ray reads
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once at import, so set both the variable (for processes
+    this one starts) and the constant it was read into."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" in sys.modules:  # imported already (by the user): fix the value it read
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 @dataclass
@@ -51,6 +70,10 @@ class RunningApp:
         workers: int,
         bounded: bool,
     ) -> None:
+        import ray
+
+        from raystream._runtime.coordinator import Coordinator, coordinator_name
+
         self.app = app
         self._t0 = time.monotonic()
         actor: Any = ray.remote(Coordinator)
@@ -73,6 +96,8 @@ class RunningApp:
 
     def wait(self, timeout: float | None = None) -> str:
         """Wait until the app finishes (bounded), fails or ``timeout`` passes; returns its state."""
+        import ray
+
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             step = 1.0 if deadline is None else max(min(1.0, deadline - time.monotonic()), 0)
@@ -82,16 +107,22 @@ class RunningApp:
 
     def status(self) -> dict[str, Any]:
         """The coordinator's view: state, assignments and worker reports."""
+        import ray
+
         status: dict[str, Any] = ray.get(self._coord.status.remote())
         return status
 
     def worker_pids(self) -> dict[int, int]:
         """Process id of each worker slot."""
+        import ray
+
         pids: dict[int, int] = ray.get(self._coord.worker_pids.remote())
         return pids
 
     def stop(self, timeout: float = 60.0) -> RunResult:
         """Drain and commit every worker, end the actors, and summarise the run."""
+        import ray
+
         if self._ended:
             raise RuntimeStateError("this run has already been stopped")
         try:
@@ -109,6 +140,8 @@ class RunningApp:
         )
 
     def _kill(self) -> None:
+        import ray
+
         self._ended = True
         try:
             ray.kill(self._coord, no_restart=True)

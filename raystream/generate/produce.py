@@ -54,6 +54,6 @@ def produce_records(
             f"{len(failed) + remaining} of {n} records to {topic!r} were not delivered"
             + (f": {failed[0]}" if failed else "")
         )
-    if progress is not None:
+    if progress is not None and n % 10_000:
         progress(n)
     return n
