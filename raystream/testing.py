@@ -144,8 +144,14 @@ class TopologyTestDriver:
         self._forward_internal()
 
     def advance_time(self, ms: int) -> None:
-        """Move the processing-time clock forward by ``ms``."""
+        """Move the processing-time clock forward by ``ms``; with the app's ``idle_timeout_ms``
+        set, tasks idle that long let event time follow, as the workers do."""
         self._clock += ms
+        idle = self.app.config.idle_timeout_ms
+        if idle is not None:
+            for task in self._tasks.values():
+                task.check_idle(idle)
+            self._forward_internal()
 
     def advance_watermark(self, watermark: int) -> None:
         """Tell every task that event time reached ``watermark``."""

@@ -112,3 +112,33 @@ def test_agg_needs_an_aggregation() -> None:
         g.window(rs.tumbling(1000)).agg()
     with pytest.raises(rs.ConfigError, match="emit"):
         g.window(rs.tumbling(1000)).agg(emit="sometimes", n=rs.count())
+
+
+def _idle_app(idle_timeout_ms: int | None) -> rs.App:
+    app = rs.App("idle", brokers="unused:1", idle_timeout_ms=idle_timeout_ms)
+    (
+        app.stream("t", key="k", time="ts")
+        .group_by()
+        .window(rs.tumbling(1_000))
+        .agg(n=rs.count())
+        .to("out")
+    )
+    return app
+
+
+def test_an_idle_partition_closes_its_windows_after_the_idle_timeout() -> None:
+    d = TopologyTestDriver(_idle_app(5_000))
+    d.pipe("t", [{"k": "a", "ts": 100}, {"k": "a", "ts": 200}])
+    d.advance_time(4_999)
+    assert d.read_values("out") == []  # not idle long enough
+    d.advance_time(1)  # idle 5s: event time is taken to have moved on 5s from 200
+    assert d.read_values("out") == [{"k": "a", "window_start": 0, "window_end": 1_000, "n": 2}]
+
+
+def test_without_an_idle_timeout_windows_wait_for_event_time() -> None:
+    d = TopologyTestDriver(_idle_app(None))
+    d.pipe("t", [{"k": "a", "ts": 100}])
+    d.advance_time(3_600_000)
+    assert d.read_values("out") == []
+    with pytest.raises(rs.ConfigError, match="idle_timeout_ms"):
+        _idle_app(0)
