@@ -3,11 +3,13 @@
     RaystreamError
     ├── ConfigError                 a setting is missing or wrong (names the field)
     ├── TopologyError               the topology cannot be built or planned
-    │   └── OperatorContractError   a user function broke its operator's contract
+    │   ├── OperatorContractError   a user function broke its operator's contract
+    │   └── BinaryInputError        a join was fed through ``process``, not a sided method
     ├── SerdeError                  a payload cannot be encoded or decoded
     ├── KafkaError                  the broker refused or failed an operation
     │   ├── TopicNotFoundError      an input topic does not exist
     │   └── ProducerFencedError     another instance took over this worker slot
+    ├── CheckpointError             checkpoints cannot be written, found or read
     ├── DevStackError               the embedded broker or local Ray could not start or stop
     ├── RuntimeStateError           the app is not in a state that allows the call
     └── UserFunctionError           a user function raised (wraps the original)
@@ -60,3 +62,11 @@ class RuntimeStateError(RaystreamError):
 
 class UserFunctionError(RaystreamError):
     """A user-supplied function raised; the original exception is the ``__cause__``."""
+
+
+class BinaryInputError(TopologyError):
+    """A two-input operator (a join) was fed through ``process`` instead of its sided methods."""
+
+
+class CheckpointError(RaystreamError):
+    """A checkpoint could not be written, found or read."""
