@@ -8,8 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from raystream.generate.produce import produce_records
 
 
 @dataclass(frozen=True)
@@ -35,20 +37,7 @@ def create_topic(bootstrap: str, topic: str, partitions: int, **config: str) -> 
 def produce(
     bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
 ) -> int:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"})
-    n = 0
-    for key, value in records:
-        while True:
-            try:
-                p.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                p.poll(0.05)
-        n += 1
-        if n % 10_000 == 0:
-            p.poll(0)
-    assert p.flush(30) == 0
-    return n
+    return produce_records(bootstrap, topic, records)
 
 
 def produce_json(bootstrap: str, topic: str, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
