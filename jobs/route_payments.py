@@ -46,4 +46,4 @@ def main(argv: list[str] | None = None) -> rs.RunResult:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(0 if main().state in ("finished", "stopped") else 1)

@@ -27,7 +27,7 @@ from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.output import OutputSink
 from raystream._runtime.task import Incoming, TaskRunner
 from raystream.config import KafkaConfig, RuntimeConfig
-from raystream.errors import OperatorContractError, RaystreamError
+from raystream.errors import OperatorContractError, RaystreamError, UserFunctionError
 from raystream.topology.plan import Plan
 
 log = logging.getLogger("raystream.worker")
@@ -86,7 +86,8 @@ class Worker:
                 self._report.state = "finished" if done else "stopped"
                 self._send_report()
                 return
-            except OperatorContractError as exc:
+            except (OperatorContractError, UserFunctionError) as exc:
+                # Retrying would fail on the same records forever: stop the app and say why.
                 self._fail(exc, fatal=True)
                 return
             except Exception as exc:  # a broker outage, a failed delivery: retry from committed

@@ -132,3 +132,32 @@ def test_group_by_another_key_repartitions_and_sessions_are_exact(
         for v in (m.json() for m in read_all(broker.bootstrap, out))
     )
     assert got == want
+
+
+def test_a_failing_custom_reducer_fails_the_app_with_its_error(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    src = f"{unique}.in"
+    create_topic(broker.bootstrap, src, 1)
+    produce(
+        broker.bootstrap,
+        src,
+        [(b"k", json.dumps({"k": "k", "v": v, "ts": T0 + v}).encode()) for v in (1, 2, 0, 3)],
+    )
+
+    def add(acc: float, row: dict) -> float:
+        return acc + 1 / row["v"]  # ZeroDivisionError on v == 0
+
+    app = rs.App(unique, brokers=broker.bootstrap)
+    (
+        app.stream(src, key="k", time="ts")
+        .group_by()
+        .window(rs.tumbling(1000))
+        .agg(inv=rs.custom(lambda: 0.0, add))
+        .to(f"{unique}.out")
+    )
+    result = app.run(workers=1, bounded=True, timeout=120)
+    assert result.state == "failed"
+    (worker,) = result.status["workers"].values()
+    assert worker["fatal"] and "UserFunctionError" in worker["last_error"]
+    assert "division by zero" in worker["last_error"]
