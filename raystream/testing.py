@@ -10,6 +10,7 @@ partition, so dead letters, keys and timestamps behave as in production.
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from collections.abc import Sequence
@@ -77,7 +78,7 @@ class TopologyTestDriver:
                 self.plan,
                 self._sink,
                 dlq_topic=lambda topic: dlq.format(topic=topic),
-                provenance=lambda tag=str(task): hdr.provenance(tag, 0, 0),  # type: ignore[misc]
+                provenance=functools.partial(hdr.provenance, str(task), 0, 0),
                 clock_ms=lambda: self._clock,
             )
 

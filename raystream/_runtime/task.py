@@ -88,11 +88,6 @@ class TaskRunner:
         self.max_event_time: int | None = None
         self.last_input_ms = clock_ms()
         self.finished = False
-        self.late_parent: dict[int, str] = {
-            e.dst: graph.names[e.src]
-            for e in graph.edges
-            if isinstance(graph.nodes[e.dst], SinkSpec) and graph.nodes[e.dst].late  # type: ignore[union-attr]
-        }
         ctx = TaskContext(
             app=app,
             task=str(task),
@@ -110,6 +105,12 @@ class TaskRunner:
                 op = spec.build(self.names[n])
                 op.open(ctx)
                 self.operators[n] = op
+        #: Late-record sinks -> the operator whose late port feeds them (for the headers).
+        self.late_parent: dict[int, str] = {
+            e.dst: graph.names[e.src]
+            for e in graph.edges
+            if e.dst in self.sinks and self.sinks[e.dst].late
+        }
 
     # -- input -------------------------------------------------------------------------------
     def process(self, incoming: Incoming) -> None:

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -158,7 +159,7 @@ class Worker:
             consumer.close()
 
     def _build_tasks(
-        self, a: Assignment, out: OutputSink, epoch: Any
+        self, a: Assignment, out: OutputSink, epoch: Callable[[], int]
     ) -> tuple[list[TaskRunner], dict[tuple[str, int], TaskRunner]]:
         tasks: list[TaskRunner] = []
         by_partition: dict[tuple[str, int], TaskRunner] = {}
@@ -171,7 +172,7 @@ class Worker:
                 self.plan,
                 out,
                 dlq_topic=lambda topic: dlq.format(topic=topic),
-                provenance=lambda tag=tag: hdr.provenance(tag, epoch(), a.attempt),  # type: ignore[misc]
+                provenance=_provenance(tag, epoch, a.attempt),
             )
             tasks.append(runner)
             for topic in self.plan.subtopologies[task_id.subtopology].source_topics:
@@ -258,6 +259,11 @@ def _group(msgs: list[Any]) -> dict[tuple[str, int], Incoming]:
             [m.offset() for m in ms],
         )
     return groups
+
+
+def _provenance(task: str, epoch: Callable[[], int], attempt: int) -> Callable[[], hdr.Headers]:
+    """Headers for a task's outputs, naming the epoch current when each record is written."""
+    return lambda: hdr.provenance(task, epoch(), attempt)
 
 
 def _partitions_by_task(

@@ -105,7 +105,9 @@ class CheckpointStore:
 
         A delta (``full=False``) names the full epoch it builds on in ``base``.
         """
-        if not full and base is None:
+        if full:
+            base = epoch
+        elif base is None:
             raise CheckpointError("a delta epoch needs the epoch of its full base")
         for name, table in stores.items():
             missing = {KEY, DELETED} - set(table.schema.names)
@@ -121,7 +123,7 @@ class CheckpointStore:
             offsets=dict(offsets),
             stores={n: t.num_rows for n, t in stores.items()},
             full=full,
-            base=epoch if full else int(base),  # type: ignore[arg-type]
+            base=base,
         )
         final = f"{self.root}/{task}/{epoch:012d}{_MANIFEST}"
         if self._local:
