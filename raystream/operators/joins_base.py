@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raystream.errors import BinaryInputError, ConfigError, OperatorContractError, TopologyError
+from raystream.operators import keyed
 from raystream.operators.base import Batch, Operator, OperatorSpec, Row
 
 LEFT = "left"
@@ -264,11 +265,11 @@ def joined_data(
 
 def check_scalar_keys(keys: pa.Array, op_name: str) -> None:
     """Refuse nested join keys (lists, structs), whose Python values cannot key the state."""
-    if pa.types.is_nested(keys.type):
-        raise TopologyError(
-            f"{op_name}: cannot join on a {keys.type} key; re-key both sides by a scalar "
-            "(string, int, binary) first"
-        )
+    keyed.check_scalar_keys(
+        keys,
+        f"{op_name}: cannot join on a {{type}} key; re-key both sides by a scalar "
+        "(string, int, binary) first",
+    )
 
 
 def tombstone_mask(data: pa.RecordBatch, op_name: str) -> np.ndarray:
@@ -296,15 +297,6 @@ def with_tombstones(data: pa.RecordBatch, tomb: np.ndarray) -> pa.RecordBatch:
     return record_batch(
         [*data.columns, pa.array(tomb, pa.bool_())], [*data.schema.names, TOMBSTONE], len(tomb)
     )
-
-
-def cumulative_watermark(ts: np.ndarray, out_of_orderness: int, previous: int) -> np.ndarray:
-    """The watermark right after each record: ``max(previous, max(ts[:i+1]) - out_of_orderness)``.
-
-    The same per-record rule as the window operators, so results do not depend on batch
-    boundaries.
-    """
-    return np.maximum(np.maximum.accumulate(ts - out_of_orderness), previous)
 
 
 def key_array(values: Sequence[Any], key_type: pa.DataType | None) -> pa.Array:

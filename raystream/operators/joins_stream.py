@@ -62,13 +62,13 @@ from raystream.operators.joins_base import (
     check_prefix,
     check_scalar_keys,
     check_schema,
-    cumulative_watermark,
     expect_snapshot,
     joined_data,
     key_array,
     schema_bytes,
     schema_from_bytes,
 )
+from raystream.operators.keyed import cumulative_watermark
 from raystream.operators.windows_common import MIN_TIME
 from raystream.state.memory import MemoryStore
 from raystream.timeutil import Duration, parse_duration

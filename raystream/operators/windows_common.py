@@ -24,6 +24,7 @@ from raystream.errors import OperatorContractError, TopologyError
 from raystream.operators.aggregations import Aggregation
 from raystream.operators.aggregations_batch import batch_partials
 from raystream.operators.base import Batch, Operator, TaskContext
+from raystream.operators.keyed import check_scalar_keys, cumulative_watermark
 from raystream.state.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -88,11 +89,11 @@ class KeyedAggregateBase(Operator):
         if batch.num_rows == 0:
             return None
         keys = batch.keys
-        if pa.types.is_nested(keys.type):
-            raise TopologyError(
-                f"{self.name}: cannot aggregate by a {keys.type} key; re-key the stream by a "
-                "scalar (string, int, binary) with group_by(...) first"
-            )
+        check_scalar_keys(
+            keys,
+            f"{self.name}: cannot aggregate by a {{type}} key; re-key the stream by a "
+            "scalar (string, int, binary) with group_by(...) first",
+        )
         key_ok = keys.is_valid()
         ts_ok = batch.timestamps.is_valid()
         n_null_keys = keys.null_count
@@ -114,7 +115,7 @@ class KeyedAggregateBase(Operator):
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
         self._seq += n
         prev = MIN_TIME if self.watermark is None else self.watermark
-        wm = np.maximum(np.maximum.accumulate(ts - out_of_orderness), prev)
+        wm = cumulative_watermark(ts, out_of_orderness, prev)
         self.watermark = int(wm[-1])
         return Prepared(batch, ts, wm, seq, codes, enc.dictionary.to_pylist())
 

@@ -7,7 +7,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from raystream.errors import OperatorContractError, UserFunctionError
+from raystream.errors import OperatorContractError, TopologyError, UserFunctionError
 from raystream.operators import aggregations as A
 from raystream.operators.base import Batch
 from raystream.operators.windows import (
@@ -224,3 +224,9 @@ def test_state_of_closed_windows_is_released(window: Any) -> None:
     assert op.open_windows() == 0
     assert len(op.store) == 0
     assert op.store.approx_bytes() < before
+
+
+def test_nested_keys_are_refused_with_the_key_type() -> None:
+    op = op_for(tumbling(10))
+    with pytest.raises(TopologyError, match=r"agg: cannot aggregate by a list<.*> key; re-key"):
+        op.process(feed(([1, 2], 5)))
