@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -277,12 +276,6 @@ class TaskRunner:
             f.operator,
             f.message,
         )
-
-    def snapshot(self) -> dict[str, Any]:
-        """Every stateful operator's snapshot, by operator name."""
-        return {
-            self.names[n]: s for n, op in self.operators.items() if (s := op.snapshot()) is not None
-        }
 
 
 def _event_time(col: pa.Array | None, n: int) -> pa.Array:
