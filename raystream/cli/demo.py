@@ -87,6 +87,10 @@ def run_demo(args: argparse.Namespace) -> int:
         _say(f"  worker-{slot}  pid {w['pid']}  in {w['records_in']:,}  out {w['records_out']:,}")
     _say(f"\nRay dashboard: {state.dashboard_url}")
     if args.down:
+        import ray
+
+        # Disconnect first: a driver whose head disappears exits with an error after a minute.
+        ray.shutdown()
         dev_down(args.home)
         _say("dev stack stopped")
     else:

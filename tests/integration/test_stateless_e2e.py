@@ -106,9 +106,10 @@ def test_killed_worker_is_restarted_and_every_input_is_processed(
         time.sleep(0.05)
     os.kill(victim, signal.SIGKILL)
     state = running.wait(timeout=300)
+    status = running.status()
     result = running.stop()
 
-    assert state == "finished"
+    assert state == "finished", status
     # The kill landed mid-run: the victim had committed only part of its partitions.
     from raystream._kafka.admin import end_offsets
 
