@@ -33,6 +33,7 @@ from raystream.operators.windows import hopping, session, sliding, tumbling
 from raystream.serde import JSON, Bytes, Serde, String
 from raystream.topology.grouped import GroupedStream, WindowedStream
 from raystream.topology.stream import Stream
+from raystream.topology.table import GlobalTable, Table
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,7 @@ __all__ = [
     "Bytes",
     "ConfigError",
     "DevStackError",
+    "GlobalTable",
     "GroupedStream",
     "Guarantee",
     "KafkaConfig",
@@ -58,6 +60,7 @@ __all__ = [
     "SerdeError",
     "Stream",
     "String",
+    "Table",
     "TopicNotFoundError",
     "TopologyError",
     "UserFunctionError",

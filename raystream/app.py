@@ -14,6 +14,7 @@ from raystream.serde import JSON, Serde
 from raystream.topology.nodes import Graph, SourceSpec
 from raystream.topology.plan import Plan, plan
 from raystream.topology.stream import Stream
+from raystream.topology.table import GlobalTable, Table, declared_schema, source_spec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -74,6 +75,40 @@ class App:
             raise TopologyError("stream(topic): topic must be a non-empty string")
         node = self._graph.add(SourceSpec(topic, value or JSON(), key, time))
         return Stream(self, node, 0, key)
+
+    def table(
+        self,
+        topic: str,
+        *,
+        value: Serde | None = None,
+        key: str | None = None,
+        time: str | None = None,
+    ) -> Table:
+        """Read ``topic`` (usually compacted) as a table: the latest value per key.
+
+        The table is partitioned like the streams it enriches: its topic must have their
+        partition count, and its records must be keyed (Kafka key) like theirs. ``key``: the
+        value field holding the key (a tombstone, having no value, uses the Kafka key, read as
+        that field's type). A null value deletes its key. Before a task processes its streams,
+        it loads its tables' partitions to their end.
+        """
+        spec = source_spec(topic, value, key, time, global_table=False)
+        node = self._graph.add(spec)
+        return Table(self, node, 0, key, declared_schema(spec.serde))
+
+    def global_table(
+        self,
+        topic: str,
+        *,
+        value: Serde | None = None,
+        key: str | None = None,
+    ) -> GlobalTable:
+        """Read ``topic`` as a global table: every task holds all of it (for small tables such
+        as merchants or currencies). Joined with ``stream.join(table, on=field)``, loaded to
+        its end before the streams are processed, then kept up to date."""
+        spec = source_spec(topic, value, key, None, global_table=True)
+        node = self._graph.add(spec)
+        return GlobalTable(self, node, 0, key, declared_schema(spec.serde))
 
     def plan(self) -> Plan:
         """The sub-topologies this app runs (checks the topology)."""

@@ -93,7 +93,11 @@ class TopologyTestDriver:
     ) -> None:
         """Feed records to ``topic`` (one micro-batch). Dicts and lists are JSON-encoded, str is
         UTF-8; bytes and None are passed as they are."""
-        subs = [st for st in self.plan.subtopologies if topic in st.source_topics]
+        subs = [
+            st
+            for st in self.plan.subtopologies
+            if topic in st.source_topics or topic in st.global_topics
+        ]
         if not subs:
             raise TopologyError(f"no stream reads topic {topic!r}")
         if not 0 <= partition < self.partitions:
@@ -107,9 +111,15 @@ class TopologyTestDriver:
             [encode_key(k) for k in keys] if keys is not None else [None] * n,
             list(timestamps) if timestamps is not None else [self._clock] * n,
             list(range(start, start + n)),
+            partition,
         )
         for st in subs:
-            self._tasks[TaskId(st.id, partition)].process(incoming)
+            if topic in st.global_topics:  # a global table reaches every task
+                for task_id, task in self._tasks.items():
+                    if task_id.subtopology == st.id:
+                        task.process(incoming)
+            else:
+                self._tasks[TaskId(st.id, partition)].process(incoming)
         self._forward_internal()
 
     def _forward_internal(self) -> None:

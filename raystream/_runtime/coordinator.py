@@ -128,7 +128,7 @@ class Coordinator:
                     for topic in self.plan.subtopologies[t.subtopology].source_topics
                 }
                 ends = {tp: off for tp, off in self._ends.items() if tp in mine}
-        return Assignment(slot, attempt, tasks, ends)
+        return Assignment(slot, attempt, tasks, ends, dict(self._partitions))
 
     def known_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """End offsets of ``partitions`` known so far in a bounded run. An internal topic's end

@@ -16,6 +16,8 @@ class Assignment:
     tasks: tuple[TaskId, ...]
     #: (topic, partition) -> end offset; None when unbounded.
     end_offsets: dict[tuple[str, int], int] | None = None
+    #: Partition count of every topic the app reads (global tables are read whole).
+    partitions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -19,6 +19,13 @@ from raystream._kafka import headers as hdr
 from raystream._runtime.output import Sink
 from raystream.errors import SerdeError
 from raystream.operators.base import Batch, Operator, RecordFailure, TaskContext
+from raystream.operators.joins_base import (
+    TOMBSTONE,
+    BinaryOperator,
+    record_batch,
+    tombstone_mask,
+    value_columns,
+)
 from raystream.serde import encode_keys
 from raystream.topology.nodes import SinkSpec, SourceSpec
 from raystream.topology.plan import Plan, TaskId
@@ -38,6 +45,8 @@ class Incoming:
     keys: list[bytes | None]
     timestamps: list[int]
     offsets: list[int]
+    #: The partition they come from (-1: the task's own partition).
+    partition: int = -1
 
 
 @dataclass
@@ -74,8 +83,8 @@ class TaskRunner:
         sub = plan.subtopologies[task.subtopology]
         self.order = list(sub.node_ids)
         self.names = {n: graph.names[n] for n in self.order}
-        self.children: dict[int, list[tuple[int, int]]] = {
-            n: [(e.port, e.dst) for e in graph.children(n)] for n in self.order
+        self.children: dict[int, list[tuple[int, int, int]]] = {
+            n: [(e.port, e.dst, e.input) for e in graph.children(n)] for n in self.order
         }
         self.sources: dict[str, list[tuple[int, SourceSpec]]] = {}
         self.sinks: dict[int, SinkSpec] = {}
@@ -87,6 +96,10 @@ class TaskRunner:
         self.max_event_time: int | None = None
         self.last_input_ms = clock_ms()
         self.finished = False
+        #: (topic, partition) -> offset below which records were processed before a restart
+        #: (tables are re-read from the start): their dead letters were written already.
+        self.replayed_below: dict[tuple[str, int], int] = {}
+        self.global_topics = set(sub.global_topics)
         ctx = TaskContext(
             app=app,
             task=str(task),
@@ -114,6 +127,8 @@ class TaskRunner:
     # -- input -------------------------------------------------------------------------------
     def process(self, incoming: Incoming) -> None:
         """Decode and run one partition's fetched records through the operators."""
+        if incoming.partition < 0:
+            incoming.partition = self.task.partition
         self._current = incoming
         self._raw_index = {off: i for i, off in enumerate(incoming.offsets)}
         try:
@@ -132,6 +147,58 @@ class TaskRunner:
             self._current = None
 
     def _decode(self, spec: SourceSpec, inc: Incoming) -> Batch:
+        if spec.changelog and any(v is None for v in inc.values):
+            return self._decode_changelog(spec, inc)
+        return self._decode_values(spec, inc)
+
+    def _decode_changelog(self, spec: SourceSpec, inc: Incoming) -> Batch:
+        """A table's records: values decode as usual, null values become tombstones (keyed by
+        the Kafka key), in offset order."""
+        live = [i for i, v in enumerate(inc.values) if v is not None]
+        dead = [i for i, v in enumerate(inc.values) if v is None]
+        sub = Incoming(
+            inc.topic,
+            [inc.values[i] for i in live],
+            [inc.keys[i] for i in live],
+            [inc.timestamps[i] for i in live],
+            [inc.offsets[i] for i in live],
+            inc.partition,
+        )
+        self._current = sub  # dead letters of the live part index into ``sub``
+        try:
+            upserts = self._decode_values(spec, sub)
+        finally:
+            self._current = inc
+        schema = upserts.data.schema
+        declared = getattr(spec.serde, "schema", None)
+        key_type = upserts.keys.type
+        if isinstance(declared, pa.Schema) and spec.key_field in declared.names:
+            key_type = declared.field(spec.key_field).type
+        tomb_keys = _tombstone_keys([inc.keys[i] for i in dead], spec.key_field, key_type)
+        n_live, n_dead = upserts.num_rows, len(dead)
+        data = record_batch(
+            [
+                pa.concat_arrays([upserts.data.column(j), pa.nulls(n_dead, f.type)])
+                for j, f in enumerate(schema)
+            ]
+            + [pa.array([False] * n_live + [True] * n_dead, pa.bool_())],
+            [*schema.names, TOMBSTONE],
+            n_live + n_dead,
+        )
+        live_keys = upserts.keys
+        if live_keys.type != tomb_keys.type:
+            live_keys = _cast_keys(live_keys, tomb_keys.type)
+        dead_ts = pa.array([inc.timestamps[i] for i in dead], pa.int64())
+        dead_offsets = pa.array([inc.offsets[i] for i in dead], pa.int64())
+        batch = Batch(
+            data,
+            pa.concat_arrays([live_keys, tomb_keys]),
+            pa.concat_arrays([upserts.timestamps, dead_ts]),
+            pa.concat_arrays([upserts.offsets, dead_offsets]),
+        )
+        return batch.take(pc.sort_indices(batch.offsets))
+
+    def _decode_values(self, spec: SourceSpec, inc: Incoming) -> Batch:
         decoded = spec.serde.decode(inc.values)
         for i, err in decoded.bad:
             self._dead_letter(inc.topic, i, "decode", err)
@@ -167,15 +234,15 @@ class TaskRunner:
 
     # -- operators ---------------------------------------------------------------------------
     def _emit(self, node: int, outputs: Sequence[Batch | None]) -> None:
-        for port, child in self.children[node]:
+        for port, child, side in self.children[node]:
             if port >= len(outputs):
                 continue
             batch = outputs[port]
             if batch is None or batch.num_rows == 0:
                 continue
-            self._run(child, batch)
+            self._run(child, batch, side)
 
-    def _run(self, node: int, batch: Batch) -> None:
+    def _run(self, node: int, batch: Batch, side: int = 0) -> None:
         name = self.names[node]
         c = self.counters
         c.by_operator_in[name] = c.by_operator_in.get(name, 0) + batch.num_rows
@@ -183,7 +250,11 @@ class TaskRunner:
         if sink is not None:
             self._write(sink, batch, node)
             return
-        outputs = self.operators[node].process(batch)
+        op = self.operators[node]
+        if isinstance(op, BinaryOperator):
+            outputs = op.process_right(batch) if side else op.process_left(batch)
+        else:
+            outputs = op.process(batch)
         c.by_operator_out[name] = c.by_operator_out.get(name, 0) + sum(
             b.num_rows for b in outputs if b is not None
         )
@@ -213,7 +284,14 @@ class TaskRunner:
 
     # -- output ------------------------------------------------------------------------------
     def _write(self, sink: SinkSpec, batch: Batch, node_id: int) -> None:
-        values = sink.serde.encode(batch.data)
+        data = batch.data
+        values: list[bytes | None]
+        if TOMBSTONE in data.schema.names:  # a table's changelog: deletions are null values
+            dead = tombstone_mask(data, sink.topic)
+            encoded = sink.serde.encode(value_columns(data))
+            values = [None if d else v for v, d in zip(encoded, dead.tolist(), strict=True)]
+        else:
+            values = list(sink.serde.encode(data))
         keys = encode_keys(batch.keys)
         stamps = batch.timestamps.to_pylist()
         headers = self.provenance()
@@ -247,12 +325,16 @@ class TaskRunner:
         self._write_dead_letter(self._current, index, failure)
 
     def _write_dead_letter(self, inc: Incoming, index: int, f: RecordFailure) -> None:
+        if inc.offsets[index] < self.replayed_below.get((inc.topic, inc.partition), -1):
+            return  # reported before the restart that made us read it again
+        if inc.topic in self.global_topics and self.task.partition != 0:
+            return  # every task reads a global table: the task of partition 0 reports for all
         headers: hdr.Headers = [
             (hdr.DLQ_ERROR_CLASS, f.error_class.encode()),
             (hdr.DLQ_ERROR_MESSAGE, f.message.encode("utf-8", "replace")),
             (hdr.DLQ_TRACEBACK, f.traceback_digest.encode()),
             (hdr.DLQ_TOPIC, inc.topic.encode()),
-            (hdr.DLQ_PARTITION, str(self.task.partition).encode()),
+            (hdr.DLQ_PARTITION, str(inc.partition).encode()),
             (hdr.DLQ_OFFSET, str(inc.offsets[index]).encode()),
             (hdr.DLQ_TIMESTAMP, str(inc.timestamps[index]).encode()),
             (hdr.DLQ_APP, self.app.encode()),
@@ -271,11 +353,31 @@ class TaskRunner:
             "task %s: record %s[%d]@%d dead-lettered by %s: %s",
             self.task,
             inc.topic,
-            self.task.partition,
+            inc.partition,
             inc.offsets[index],
             f.operator,
             f.message,
         )
+
+
+def _tombstone_keys(
+    raw: list[bytes | None], key_field: str | None, key_type: pa.DataType
+) -> pa.Array:
+    """The keys of tombstones, from their Kafka keys: bytes, or (keyed by a value field) the
+    UTF-8 text read as that field's type."""
+    if key_field is None:
+        return pa.array(raw, pa.binary())
+    text = pa.array([None if k is None else k.decode("utf-8", "replace") for k in raw])
+    return _cast_keys(text, key_type)
+
+
+def _cast_keys(keys: pa.Array, key_type: pa.DataType) -> pa.Array:
+    if pa.types.is_null(key_type) or keys.type == key_type:
+        return keys if not pa.types.is_null(key_type) else pc.cast(keys, pa.string())
+    try:
+        return pc.cast(keys, key_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pc.cast(keys, pa.string())
 
 
 def _event_time(col: pa.Array | None, n: int) -> pa.Array:

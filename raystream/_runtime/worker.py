@@ -23,12 +23,14 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka import KafkaException as _RdKafkaException
 
 from raystream._kafka import headers as hdr
+from raystream._kafka.admin import end_offsets
 from raystream._kafka.clients import consumer as make_consumer
 from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.output import OutputSink
 from raystream._runtime.task import Incoming, TaskRunner
 from raystream.config import KafkaConfig, RuntimeConfig
 from raystream.errors import OperatorContractError, RaystreamError, UserFunctionError
+from raystream.topology.nodes import SourceSpec
 from raystream.topology.plan import Plan
 
 log = logging.getLogger("raystream.worker")
@@ -110,18 +112,23 @@ class Worker:
         out = OutputSink(self.kafka)
         consumer = make_consumer(self.kafka, group_id=self.app)
         try:
-            tasks, by_partition = self._build_tasks(a, out, lambda: epoch)
-            positions = self._seek(consumer, list(by_partition))
+            tasks, routes = self._build_tasks(a, out, lambda: epoch)
+            owned = [tp for tp in routes if tp[0] not in self._global_topics(a)]
+            positions = self._start_positions(consumer, owned, routes)
+            global_positions = {tp: 0 for tp in routes if tp not in positions}
+            self._report.state = "bootstrapping"
+            self._bootstrap(consumer, routes, positions, global_positions)
+            _assign(consumer, {**positions, **global_positions})
             ends = dict(a.end_offsets) if a.end_offsets is not None else None
-            partitions_of = _partitions_by_task(by_partition)
+            partitions_of = _partitions_by_task(routes, owned)
             self._report.state = "running"
             last_commit = last_ends = time.monotonic()
             interval = self.runtime.commit_interval_ms / 1000.0
             idle_timeout = self.runtime.idle_timeout_ms
             while True:
                 if ends is not None:
-                    if time.monotonic() - last_ends >= 0.2 and len(ends) < len(by_partition):
-                        missing = [tp for tp in by_partition if tp not in ends]
+                    if time.monotonic() - last_ends >= 0.2 and len(ends) < len(owned):
+                        missing = [tp for tp in owned if tp not in ends]
                         ends.update(ray.get(self.coordinator.known_ends.remote(missing)))
                         last_ends = time.monotonic()
                     for task, tps in partitions_of.items():
@@ -141,9 +148,7 @@ class Worker:
                     self.runtime.max_batch_records, self.runtime.poll_timeout_ms / 1000.0
                 )
                 if msgs:
-                    for tp, incoming in _group(msgs).items():
-                        by_partition[tp].process(incoming)
-                        positions[tp] = incoming.offsets[-1] + 1
+                    _dispatch(msgs, routes, positions, global_positions)
                     out.poll()
                 elif ends is not None:
                     _skip_control_records(consumer, positions)
@@ -158,11 +163,25 @@ class Worker:
         finally:
             consumer.close()
 
+    def _global_topics(self, a: Assignment) -> set[str]:
+        subs = {t.subtopology for t in a.tasks}
+        return {g for st in self.plan.subtopologies if st.id in subs for g in st.global_topics}
+
+    def _changelog_topics(self) -> set[str]:
+        return {
+            s.topic
+            for s in self.plan.graph.nodes.values()
+            if isinstance(s, SourceSpec) and s.changelog
+        }
+
     def _build_tasks(
         self, a: Assignment, out: OutputSink, epoch: Callable[[], int]
-    ) -> tuple[list[TaskRunner], dict[tuple[str, int], TaskRunner]]:
+    ) -> tuple[list[TaskRunner], dict[tuple[str, int], list[TaskRunner]]]:
+        """The assignment's tasks, and which of them each fetched partition feeds: a
+        co-partitioned source partition feeds its task, a global table's partition every task
+        whose sub-topology reads it."""
         tasks: list[TaskRunner] = []
-        by_partition: dict[tuple[str, int], TaskRunner] = {}
+        routes: dict[tuple[str, int], list[TaskRunner]] = defaultdict(list)
         dlq = self.runtime.dlq_topic
         for task_id in a.tasks:
             tag = str(task_id)
@@ -175,25 +194,84 @@ class Worker:
                 provenance=_provenance(tag, epoch, a.attempt),
             )
             tasks.append(runner)
-            for topic in self.plan.subtopologies[task_id.subtopology].source_topics:
-                by_partition[(topic, task_id.partition)] = runner
-        return tasks, by_partition
+            st = self.plan.subtopologies[task_id.subtopology]
+            for topic in st.source_topics:
+                routes[(topic, task_id.partition)].append(runner)
+            for topic in st.global_topics:
+                if topic not in a.partitions:
+                    raise RaystreamError(f"no partition count for global table topic {topic!r}")
+                for p in range(a.partitions[topic]):
+                    routes[(topic, p)].append(runner)
+        return tasks, dict(routes)
 
-    def _seek(
-        self, consumer: Consumer, partitions: list[tuple[str, int]]
+    def _start_positions(
+        self,
+        consumer: Consumer,
+        owned: list[tuple[str, int]],
+        routes: dict[tuple[str, int], list[TaskRunner]],
     ) -> dict[tuple[str, int], int]:
-        """Assign ``partitions`` at their committed offsets; returns the start positions."""
-        tps = [TopicPartition(t, p) for t, p in partitions]
-        committed = consumer.committed(tps, timeout=30) if tps else []
-        start: list[TopicPartition] = []
+        """Where each owned partition starts: a stream at its committed offset, a table at its
+        beginning (its state is rebuilt by reading it again; the records below the committed
+        offset were reported already, so they are not dead-lettered twice)."""
+        tps = [TopicPartition(t, p) for t, p in owned]
+        try:
+            committed = consumer.committed(tps, timeout=30) if tps else []
+        except _RdKafkaException as exc:
+            raise RaystreamError(f"cannot read committed offsets: {exc}") from exc
+        tables = self._changelog_topics()
+        reset = 0 if self.runtime.auto_offset_reset == "earliest" else _OFFSET_END
         positions: dict[tuple[str, int], int] = {}
-        reset = _OFFSET_BEGINNING if self.runtime.auto_offset_reset == "earliest" else _OFFSET_END
         for tp in committed:
-            off = tp.offset if tp.offset >= 0 else reset
-            start.append(TopicPartition(tp.topic, tp.partition, off))
-            positions[(tp.topic, tp.partition)] = max(off, 0)
-        consumer.assign(start)
+            key = (tp.topic, tp.partition)
+            if tp.topic in tables:
+                positions[key] = 0
+                if tp.offset > 0:
+                    for runner in routes[key]:
+                        runner.replayed_below[key] = tp.offset
+            else:
+                positions[key] = tp.offset if tp.offset >= 0 else reset
+        if any(off == _OFFSET_END for off in positions.values()):
+            ends = end_offsets(self.kafka, [tp for tp, off in positions.items() if off < 0])
+            positions.update(ends)
         return positions
+
+    def _bootstrap(
+        self,
+        consumer: Consumer,
+        routes: dict[tuple[str, int], list[TaskRunner]],
+        positions: dict[tuple[str, int], int],
+        global_positions: dict[tuple[str, int], int],
+    ) -> None:
+        """Load every table partition (co-partitioned and global) to its current end before
+        any stream record is processed."""
+        tables = self._changelog_topics()
+        boot = {tp: off for tp, off in positions.items() if tp[0] in tables}
+        boot.update(global_positions)
+        if not boot:
+            return
+        ends = end_offsets(self.kafka, list(boot))
+        _assign(consumer, boot)
+        started = time.monotonic()
+        while not self._stop.is_set():
+            if all(
+                max(positions.get(tp, 0), global_positions.get(tp, 0)) >= end
+                for tp, end in ends.items()
+            ):
+                break
+            msgs = consumer.consume(
+                self.runtime.max_batch_records, self.runtime.poll_timeout_ms / 1000.0
+            )
+            if msgs:
+                _dispatch(msgs, routes, positions, global_positions)
+            else:
+                _skip_control_records(consumer, positions)
+                _skip_control_records(consumer, global_positions)
+        log.info(
+            "worker %d: loaded %d table partition(s) in %.2fs",
+            self.slot,
+            len(ends),
+            time.monotonic() - started,
+        )
 
     def _commit(
         self,
@@ -257,8 +335,37 @@ def _group(msgs: list[Any]) -> dict[tuple[str, int], Incoming]:
             [m.key() for m in ms],
             [m.timestamp()[1] for m in ms],
             [m.offset() for m in ms],
+            tp[1],
         )
     return groups
+
+
+def _dispatch(
+    msgs: list[Any],
+    routes: dict[tuple[str, int], list[TaskRunner]],
+    positions: dict[tuple[str, int], int],
+    global_positions: dict[tuple[str, int], int],
+) -> None:
+    """Run fetched messages through the tasks they feed; advance the positions."""
+    for tp, incoming in _group(msgs).items():
+        for runner in routes[tp]:
+            runner.process(incoming)
+        nxt = incoming.offsets[-1] + 1
+        if tp in positions:
+            positions[tp] = nxt
+        else:
+            global_positions[tp] = nxt
+
+
+def _assign(consumer: Consumer, positions: dict[tuple[str, int], int]) -> None:
+    """Fetch exactly ``positions`` (replacing the previous assignment). Position 0 means the
+    beginning, wherever the log starts now (retention or compaction may have removed offset 0)."""
+    consumer.assign(
+        [
+            TopicPartition(t, p, off if off > 0 else _OFFSET_BEGINNING)
+            for (t, p), off in positions.items()
+        ]
+    )
 
 
 def _provenance(task: str, epoch: Callable[[], int], attempt: int) -> Callable[[], hdr.Headers]:
@@ -267,11 +374,12 @@ def _provenance(task: str, epoch: Callable[[], int], attempt: int) -> Callable[[
 
 
 def _partitions_by_task(
-    by_partition: dict[tuple[str, int], TaskRunner],
+    routes: dict[tuple[str, int], list[TaskRunner]], owned: list[tuple[str, int]]
 ) -> dict[TaskRunner, list[tuple[str, int]]]:
     out: dict[TaskRunner, list[tuple[str, int]]] = defaultdict(list)
-    for tp, task in by_partition.items():
-        out[task].append(tp)
+    for tp in owned:
+        for task in routes[tp]:
+            out[task].append(tp)
     return dict(out)
 
 

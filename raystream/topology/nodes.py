@@ -20,6 +20,10 @@ class SourceSpec:
     time_field: str | None = None
     #: An internal (repartition) topic that raystream creates and owns.
     internal: bool = False
+    #: Read as a table's changelog: a null value is a tombstone that deletes its key.
+    changelog: bool = False
+    #: A global table: every task reading it gets every partition (not co-partitioned).
+    global_table: bool = False
     kind = "source"
 
 
@@ -43,11 +47,15 @@ Spec = SourceSpec | SinkSpec | OperatorSpec
 
 @dataclass(frozen=True)
 class Edge:
-    """Records leaving ``port`` of node ``src`` go to node ``dst``."""
+    """Records leaving ``port`` of node ``src`` go to input ``input`` of node ``dst``.
+
+    One-input nodes have input 0; joins have input 0 (left) and 1 (right).
+    """
 
     src: int
     port: int
     dst: int
+    input: int = 0
 
 
 @dataclass
@@ -59,15 +67,23 @@ class Graph:
     edges: list[Edge] = field(default_factory=list)
 
     def add(
-        self, spec: Spec, parent: tuple[int, int] | None = None, name: str | None = None
+        self,
+        spec: Spec,
+        parent: tuple[int, int] | None = None,
+        name: str | None = None,
+        *,
+        right: tuple[int, int] | None = None,
     ) -> int:
-        """Add a node fed by ``parent`` = (node id, port); returns the new node's id."""
+        """Add a node fed by ``parent`` = (node id, port) (and, for a join, by ``right`` on its
+        second input); returns the new node's id."""
         node_id = len(self.nodes)
         self.nodes[node_id] = spec
         kind = getattr(spec, "kind", "operator")
         self.names[node_id] = name or f"{kind}-{node_id}"
         if parent is not None:
             self.edges.append(Edge(parent[0], parent[1], node_id))
+        if right is not None:
+            self.edges.append(Edge(right[0], right[1], node_id, 1))
         return node_id
 
     def children(self, node_id: int) -> list[Edge]:

@@ -14,12 +14,17 @@ from raystream.topology.nodes import Graph, SinkSpec, SourceSpec
 
 @dataclass(frozen=True)
 class SubTopology:
-    """A connected part of the graph: its node ids (parents first) and source/sink topics."""
+    """A connected part of the graph: its node ids (parents first) and source/sink topics.
+
+    ``source_topics`` are co-partitioned (task *p* reads partition *p* of each);
+    ``global_topics`` (global tables) are read whole by every task.
+    """
 
     id: int
     node_ids: tuple[int, ...]
     source_topics: tuple[str, ...]
     sink_topics: tuple[str, ...]
+    global_topics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,17 +51,22 @@ class Plan:
         for st in self.subtopologies:
             counts = {t: partitions[t] for t in st.source_topics}
             if len(set(counts.values())) > 1:
+                listed = " and ".join(f"{t!r} ({n} partitions)" for t, n in counts.items())
                 raise TopologyError(
-                    f"sub-topology {st.id} reads topics with different partition counts "
-                    f"{counts}: co-partitioned inputs need equal partition counts"
+                    f"topics {listed} are joined (or merged) but not co-partitioned: they need "
+                    "the same partition count so that a key's records meet in one task. Re-key "
+                    "one side through a repartition topic with stream.repartition(partitions=N), "
+                    "or recreate a topic with the other's partition count"
                 )
             n = next(iter(counts.values()))
             out.extend(TaskId(st.id, p) for p in range(n))
         return out
 
     def source_topics(self) -> list[str]:
-        """Every topic the app reads."""
-        return sorted({t for st in self.subtopologies for t in st.source_topics})
+        """Every topic the app reads (global tables included)."""
+        return sorted(
+            {t for st in self.subtopologies for t in (*st.source_topics, *st.global_topics)}
+        )
 
     def external_source_topics(self) -> list[str]:
         """The topics the app reads that it does not own (they must exist)."""
@@ -127,16 +137,21 @@ def plan(graph: Graph) -> Plan:
             stack.extend(adjacency[n] - part)
         seen |= part
         ids = tuple(sorted(part))
-        sources = tuple(
-            sorted({s.topic for i in ids if isinstance(s := graph.nodes[i], SourceSpec)})
-        )
+        inputs = [s for i in ids if isinstance(s := graph.nodes[i], SourceSpec)]
+        sources = tuple(sorted({s.topic for s in inputs if not s.global_table}))
+        globals_ = tuple(sorted({s.topic for s in inputs if s.global_table}))
+        if not sources:
+            raise TopologyError(
+                f"global table(s) {list(globals_)} are not joined to any stream: join them with "
+                "stream.join(global_table, on=field)"
+            )
         sinks = tuple(sorted({s.topic for i in ids if isinstance(s := graph.nodes[i], SinkSpec)}))
         if not sinks:
             raise TopologyError(
                 f"stream(s) from {list(sources)} lead nowhere: end them with .to(topic)"
             )
-        overlap = set(sources) & set(sinks)
+        overlap = (set(sources) | set(globals_)) & set(sinks)
         if overlap:
             raise TopologyError(f"topic(s) {sorted(overlap)} are both read and written by one flow")
-        subs.append(SubTopology(len(subs), ids, sources, sinks))
+        subs.append(SubTopology(len(subs), ids, sources, sinks, globals_))
     return Plan(graph, tuple(subs))

@@ -9,6 +9,10 @@ import pyarrow as pa
 
 from raystream.errors import TopologyError
 from raystream.operators.base import OperatorSpec, Row
+from raystream.operators.joins_base import DEFAULT_RIGHT_PREFIX
+from raystream.operators.joins_stream import StreamStreamJoinSpec
+from raystream.operators.joins_table import GlobalTableJoinSpec, StreamTableJoinSpec
+from raystream.operators.joins_versioned import VersionedTableJoinSpec
 from raystream.operators.rekey import KeyBySpec
 from raystream.operators.stateless import (
     BranchSpec,
@@ -18,8 +22,10 @@ from raystream.operators.stateless import (
     MapSpec,
 )
 from raystream.serde import JSON, Serde
+from raystream.timeutil import Duration
 from raystream.topology.grouped import GroupedStream
 from raystream.topology.nodes import Graph, SinkSpec, SourceSpec
+from raystream.topology.table import GlobalTable, Table, same_app
 
 if TYPE_CHECKING:
     from raystream.app import App
@@ -87,6 +93,114 @@ class Stream:
         node = self._then(spec, name)._node
         return tuple(Stream(self._app, node, port, self._key_field) for port in range(spec.ports))
 
+    def join(
+        self,
+        other: Stream | Table,
+        *,
+        how: str = "inner",
+        on: str | Callable[[Row], Any] | None = None,
+        window: Duration | None = None,
+        before: Duration | None = None,
+        after: Duration | None = None,
+        grace: Duration = 0,
+        out_of_orderness: Duration = 0,
+        versioned: Duration | None = None,
+        right_prefix: str = DEFAULT_RIGHT_PREFIX,
+        late_to: str | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Join this stream (left) with a table, a global table or another stream (right).
+
+        - ``Table`` (``app.table``): each record gets the table's value for its key as of the
+          moment it is processed; ``how="inner"`` drops records without a match, ``"left"``
+          keeps them with null table columns. ``versioned="1h"``: join with the value that was
+          valid at the record's *event time* instead (as-of join), looking back up to 1 h.
+        - ``GlobalTable`` (``app.global_table``): the same, looking up ``on`` (a field of the
+          record, or a function of the row) instead of the record's key.
+        - ``Stream``: a windowed join (``how`` inner, left or outer): records of both streams
+          with the same key whose event times are at most ``window`` apart (or ``before`` /
+          ``after`` the left record); ``grace`` accepts late records, later ones go to
+          ``late_to`` (default: the app's late topic).
+
+        Both inputs must be co-partitioned (checked when the app starts). Result rows hold the
+        left columns, then the right ones (a clashing right name gets ``right_prefix``).
+        """
+        if isinstance(other, GlobalTable):
+            same_app(self._app, other._app)
+            key = on if on is not None else self._key_field
+            if key is None:
+                raise TopologyError(
+                    "join with a global table needs on=: the stream field (or a function of the "
+                    "row) that holds the table key, e.g. on='merchant_id'"
+                )
+            _no_window("a global-table join", window, before, after, versioned)
+            spec: OperatorSpec = GlobalTableJoinSpec(key, how, right_prefix, other._schema)
+            return self._join(spec, other, name)
+        if on is not None:
+            raise TopologyError(
+                "on= is for global tables only; a table or stream join matches records by key "
+                "(re-key the stream with group_by or repartition(by=...) first)"
+            )
+        if isinstance(other, Table):
+            same_app(self._app, other._app)
+            _no_window("a stream-table join", window, before, after, None)
+            if versioned is not None:
+                spec = VersionedTableJoinSpec.of(
+                    versioned, how=how, right_prefix=right_prefix, right_schema=other._schema
+                )
+            else:
+                spec = StreamTableJoinSpec(how, right_prefix, other._schema)
+            return self._join(spec, other, name)
+        if isinstance(other, Stream):
+            same_app(self._app, other._app)
+            if versioned is not None:
+                raise TopologyError("versioned= is for stream-table joins only")
+            spec = StreamStreamJoinSpec.of(
+                window,
+                before=before,
+                after=after,
+                grace=grace,
+                out_of_orderness=out_of_orderness,
+                how=how,
+                right_prefix=right_prefix,
+            )
+            result = self._join(spec, other, name)
+            app = self._app
+            late = late_to or app.config.late_topic.format(app=app.name)
+            self._graph.add(SinkSpec(late, JSON(), late=True), (result._node, 1))
+            return result
+        raise TopologyError(
+            f"join expects a Stream, a Table or a GlobalTable, got {type(other).__name__}"
+        )
+
+    def _join(self, spec: OperatorSpec, other: Stream | Table, name: str | None) -> Stream:
+        if name is not None and name in self._graph.names.values():
+            raise TopologyError(f"operator name {name!r} is used twice: names must be unique")
+        node = self._graph.add(
+            spec, (self._node, self._port), name, right=(other._node, other._port)
+        )
+        return Stream(self._app, node, 0, self._key_field)
+
+    def repartition(
+        self, by: str | None = None, *, partitions: int | None = None, name: str | None = None
+    ) -> Stream:
+        """Re-key by the value of ``by`` (default: keep the key) and write through an internal
+        repartition topic with ``partitions`` partitions (default: as many as the input), so that
+        the stream is co-partitioned with a table or stream it is joined with."""
+        if partitions is not None and (not isinstance(partitions, int) or partitions <= 0):
+            raise TopologyError("repartition: partitions must be a positive integer")
+        field = by or self._key_field
+        if by is not None and (not isinstance(by, str) or not by):
+            raise TopologyError("repartition(by): by must be a non-empty field name")
+        parent: Stream = self._then(KeyBySpec(by), name) if by is not None else self
+        node_name = self._graph.names[parent._node]
+        topic = f"{self._app.name}-{node_name}-repartition"
+        self._graph.add(
+            SinkSpec(topic, JSON(), partitions, internal=True), (parent._node, parent._port)
+        )
+        source = self._graph.add(SourceSpec(topic, JSON(), key_field=field, internal=True))
+        return Stream(self._app, source, 0, field)
+
     def group_by(
         self, field: str | None = None, *, partitions: int | None = None, name: str | None = None
     ) -> GroupedStream:
@@ -119,6 +233,14 @@ class Stream:
         if partitions is not None and partitions <= 0:
             raise TopologyError(f"to({topic!r}): partitions must be positive")
         self._graph.add(SinkSpec(topic, value or JSON(), partitions), (self._node, self._port))
+
+
+def _no_window(join: str, *args: Any) -> None:
+    if any(a is not None for a in args):
+        raise TopologyError(
+            f"{join} takes no window, before, after or (for global tables) versioned argument; "
+            "those are for stream-stream (window) and stream-table (versioned) joins"
+        )
 
 
 def _check_callable(fn: Any, op: str) -> None:
