@@ -7,6 +7,8 @@ import json
 import time
 from collections import defaultdict
 
+import pytest
+
 import raystream as rs
 from raystream.dev.broker import EmbeddedBroker
 from raystream.generate.payments import PaymentsSpec, customer_profiles, merchants, payments
@@ -111,3 +113,18 @@ def test_payments_enriched_with_a_live_table_and_a_global_table(
     assert [(d.key, d.value) for d in dlq] == [(b"c000005", b"{poison")]
     assert dlq[0].headers["rs.operator"] == "decode"
     assert json.loads(out[0].value or b"{}")  # values are JSON objects
+
+
+def test_joining_topics_with_different_partition_counts_fails_at_start(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    bs = broker.bootstrap
+    create_topic(bs, f"{unique}.pay", 4)
+    create_topic(bs, f"{unique}.cust", 2)
+    app = rs.App(unique, brokers=bs)
+    table = app.table(f"{unique}.cust", key="customer_id")
+    app.stream(f"{unique}.pay", key="customer_id").join(table).to(f"{unique}.out")
+    with pytest.raises(rs.TopologyError) as err:
+        app.start(workers=1)
+    assert f"'{unique}.pay' (4 partitions)" in str(err.value)
+    assert f"'{unique}.cust' (2 partitions)" in str(err.value)
