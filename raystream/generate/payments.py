@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,5 +78,14 @@ def payments(spec: PaymentsSpec) -> Iterator[dict[str, Any]]:
 
 def encoded(spec: PaymentsSpec) -> Iterator[tuple[bytes, bytes]]:
     """Payments as Kafka (key, value) pairs keyed by customer id."""
-    for p in payments(spec):
-        yield p["customer_id"].encode(), json.dumps(p, separators=(",", ":")).encode()
+    return encode_records(payments(spec), "customer_id")
+
+
+def encode_records(
+    records: Iterable[Mapping[str, Any]], key_field: str
+) -> Iterator[tuple[bytes, bytes]]:
+    """Any generated records as Kafka ``(key, value)`` pairs: ``str(record[key_field])`` as the
+    key, compact JSON as the value (what :func:`raystream.generate.produce.produce_records` takes).
+    """
+    for r in records:
+        yield str(r[key_field]).encode(), json.dumps(r, separators=(",", ":")).encode()
