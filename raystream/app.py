@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from raystream._runtime.driver import RunningApp, RunResult, ensure_ray
-from raystream.config import Guarantee, KafkaConfig, RuntimeConfig, brokers_from_env
+from raystream.config import KafkaConfig, RuntimeConfig, brokers_from_env, default_checkpoints
 from raystream.errors import ConfigError, RuntimeStateError, TopologyError
 from raystream.serde import JSON, Serde
 from raystream.topology.nodes import Graph, SourceSpec
@@ -50,10 +50,8 @@ class App:
             self.config = (config or RuntimeConfig()).with_(**settings)
         except TypeError as exc:
             raise ConfigError(f"unknown setting: {exc}; see raystream.RuntimeConfig") from exc
-        if self.config.guarantee is Guarantee.EXACTLY_ONCE:
-            raise ConfigError(
-                "guarantee: exactly_once is not available yet in this version; use 'at_least_once'"
-            )
+        if self.config.checkpoints is None:
+            self.config = self.config.with_(checkpoints=default_checkpoints())
         self._graph = Graph()
         self._running: RunningApp | None = None
 

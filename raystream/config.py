@@ -39,9 +39,22 @@ class KafkaConfig:
 class RuntimeConfig:
     """How the runtime processes: batch sizes, commit interval, guarantee, new topics."""
 
-    guarantee: Guarantee = Guarantee.AT_LEAST_ONCE
+    #: exactly_once: outputs, state checkpoint and input offsets commit atomically (a Kafka
+    #: transaction per epoch); at_least_once: the same without the transaction.
+    guarantee: Guarantee = Guarantee.EXACTLY_ONCE
     #: Epoch length: outputs are flushed and input offsets committed this often.
     commit_interval_ms: int = 200
+    #: Where state checkpoints go: ``file:///path``, a path, or ``s3://bucket/prefix`` (S3
+    #: options as URI query, e.g. ``?endpoint_override=...``). None: ``<RAYSTREAM_HOME or
+    #: ~/.raystream>/checkpoints`` on the machine of each worker (one-machine setups only).
+    checkpoints: str | None = None
+    #: Every this many epochs a task writes its whole state (a full epoch); the others hold
+    #: only the keys changed. Bounds what recovery and views read.
+    checkpoint_compact_every: int = 50
+    #: Published epochs kept per task (older ones are deleted): the window for time travel.
+    checkpoint_retain: int = 20
+    #: A worker that has not committed for this long while running is replaced.
+    stall_timeout_ms: int = 120_000
     #: Most records fetched per poll of a worker (all its tasks together).
     max_batch_records: int = 10_000
     #: How long a poll waits for records when none are ready.
@@ -82,6 +95,15 @@ class RuntimeConfig:
             raise ConfigError("worker_num_cpus: must be in (0, 64]")
         if self.idle_timeout_ms is not None and self.idle_timeout_ms <= 0:
             raise ConfigError("idle_timeout_ms: must be positive, or None to disable")
+        if self.checkpoint_compact_every < 1:
+            raise ConfigError("checkpoint_compact_every: must be >= 1 (1: every epoch is full)")
+        if self.checkpoint_retain < 1:
+            raise ConfigError("checkpoint_retain: must be >= 1")
+        if self.stall_timeout_ms < 10 * self.commit_interval_ms:
+            raise ConfigError(
+                "stall_timeout_ms: must be at least 10 x commit_interval_ms, or healthy workers "
+                "would be replaced"
+            )
         if "{topic}" not in self.dlq_topic:
             raise ConfigError("dlq_topic: must contain '{topic}', e.g. '{topic}.dlq'")
 
@@ -102,6 +124,15 @@ def dev_stack_environment(environ: Mapping[str, str] | None = None) -> dict[str,
     env = os.environ if environ is None else environ
     home = Path(env.get("RAYSTREAM_HOME") or Path.home() / ".raystream")
     return dev_environment(home)
+
+
+def default_checkpoints(environ: Mapping[str, str] | None = None) -> str:
+    """``<RAYSTREAM_HOME or ~/.raystream>/checkpoints`` as a ``file://`` URI."""
+    from pathlib import Path
+
+    env = os.environ if environ is None else environ
+    home = Path(env.get("RAYSTREAM_HOME") or Path.home() / ".raystream")
+    return (home / "checkpoints").resolve().as_uri()
 
 
 def brokers_from_env(environ: Mapping[str, str] | None = None) -> str | None:

@@ -17,10 +17,11 @@ import ray
 from raystream._kafka.admin import Topics, end_offsets
 from raystream._runtime.assignment import assign
 from raystream._runtime.driver import NAMESPACE
+from raystream._runtime.epochs import epochs_partitions, epochs_topic
 from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.worker import Worker
 from raystream.config import KafkaConfig, RuntimeConfig
-from raystream.errors import RuntimeStateError
+from raystream.errors import ConfigError, RuntimeStateError, TopologyError
 from raystream.topology.nodes import SinkSpec
 from raystream.topology.plan import Plan, TaskId
 
@@ -62,8 +63,13 @@ class Coordinator:
         self._workers: dict[int, Any] = {}
         self._ends: dict[tuple[str, int], int] | None = None
         self._partitions: dict[str, int] = {}
+        self._task_index: dict[TaskId, int] = {}
+        self._last_generation = 0
         self._state = "created"
         self._started_at = 0.0
+        self._watchdog: threading.Thread | None = None
+        #: Slots being replaced or rescaled: the watchdog leaves them alone.
+        self._quiet: set[int] = set()
 
     def start(self) -> dict[str, Any]:
         """Check topics, create the missing output topics, assign tasks, start the workers."""
@@ -80,28 +86,72 @@ class Coordinator:
                 self.n_workers - len(tasks),
             )
         topics.ensure(self._output_topics(partitions))
+        self._task_index = {t: i for i, t in enumerate(tasks)}
+        self._ensure_epochs_topic(topics, len(tasks))
         if self.bounded:
             self._ends = end_offsets(
                 self.kafka, [(t, p) for t in external for p in range(partitions[t])]
             )
         self._assignments = assign(tasks, self.n_workers)
-        me = ray.get_runtime_context().current_actor
         for slot in range(self.n_workers):
-            self._workers[slot] = (
-                ray.remote(Worker)
-                .options(
-                    name=worker_name(self.app, slot),
-                    namespace=NAMESPACE,
-                    num_cpus=self.runtime.worker_num_cpus,
-                    max_restarts=-1,
-                    max_task_retries=-1,
-                    max_concurrency=4,
-                )
-                .remote(self.app, slot, self.plan, self.kafka, self.runtime, me)
-            )
+            self._workers[slot] = self._new_worker(slot)
         self._state = "running"
         self._started_at = time.time()
+        self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        self._watchdog.start()
         return {"tasks": [str(t) for t in tasks], "workers": self.n_workers}
+
+    def _new_worker(self, slot: int) -> Any:
+        me = ray.get_runtime_context().current_actor
+        return (
+            ray.remote(Worker)
+            .options(
+                name=worker_name(self.app, slot),
+                namespace=NAMESPACE,
+                num_cpus=self.runtime.worker_num_cpus,
+                max_restarts=-1,
+                max_task_retries=-1,
+                max_concurrency=4,
+            )
+            .remote(self.app, slot, self.plan, self.kafka, self.runtime, me)
+        )
+
+    def _ensure_epochs_topic(self, topics: Topics, tasks: int) -> None:
+        topic = epochs_topic(self.app)
+        wanted = epochs_partitions(tasks)
+        have = topics.partitions().get(topic)
+        if have is None:
+            topics.ensure({topic: wanted})
+        elif have < wanted:
+            raise TopologyError(
+                f"the app now has {tasks} tasks but its epochs topic {topic!r} was made for "
+                f"{have // 2}: input partition counts changed since the app last ran. Start it "
+                "under a new name (its state starts empty), or restore the partition counts"
+            )
+
+    def _watch(self) -> None:
+        """Replace workers that stopped committing (hung, or cut off) while running."""
+        limit = self.runtime.stall_timeout_ms / 1000.0
+        while self._state == "running":
+            time.sleep(min(limit / 4, 5.0))
+            now = time.time()
+            with self._lock:
+                stalled = [
+                    slot
+                    for slot, r in self._reports.items()
+                    if slot not in self._quiet
+                    and r.state in ("running", "bootstrapping")
+                    and r.committed_at
+                    and now - r.committed_at > limit
+                ]
+            for slot in stalled:
+                log.warning("worker %d has not committed for %.0fs: restarting it", slot, limit)
+                with self._lock:
+                    self._reports.pop(slot, None)
+                try:
+                    ray.kill(self._workers[slot], no_restart=False)  # Ray starts it again
+                except Exception as exc:
+                    log.warning("could not restart worker %d: %s", slot, exc)
 
     def _output_topics(self, partitions: dict[str, int]) -> dict[str, int]:
         wanted: dict[str, int] = {}
@@ -128,7 +178,11 @@ class Coordinator:
                     for topic in self.plan.subtopologies[t.subtopology].source_topics
                 }
                 ends = {tp: off for tp, off in self._ends.items() if tp in mine}
-        return Assignment(slot, attempt, tasks, ends, dict(self._partitions))
+            generation = max(self._last_generation + 1, int(time.time() * 1000) * 1000)
+            self._last_generation = generation
+        return Assignment(
+            slot, attempt, tasks, ends, dict(self._partitions), dict(self._task_index), generation
+        )
 
     def known_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """End offsets of ``partitions`` known so far in a bounded run. An internal topic's end
@@ -193,6 +247,34 @@ class Coordinator:
         """Process id of every worker (asks each worker; for tests and status)."""
         refs = {slot: w.pid.remote() for slot, w in self._workers.items()}
         return {slot: ray.get(ref, timeout=30) for slot, ref in refs.items()}
+
+    def rescale(self, workers: int, timeout: float = 60.0) -> dict[str, Any]:
+        """Run the app on ``workers`` workers from now on. Every worker first drains (finishes
+        its batch and commits its epoch, state included), then tasks are spread anew and each
+        worker recovers its tasks from their committed epochs: nothing is lost or doubled."""
+        if workers < 1:
+            raise ConfigError(f"workers: must be a positive integer, got {workers!r}")
+        if self._state != "running":
+            raise RuntimeStateError(f"cannot rescale an app that is {self._state}")
+        old = self.n_workers
+        with self._lock:
+            self._quiet = set(range(max(old, workers)))
+        try:
+            ray.get([w.stop.remote(timeout) for w in self._workers.values()], timeout=timeout + 5)
+            with self._lock:
+                self._assignments = assign(list(self._task_index), workers)
+                self._reports = {s: r for s, r in self._reports.items() if s < workers}
+            for slot in range(workers, old):
+                ray.kill(self._workers.pop(slot), no_restart=True)
+            ray.get([self._workers[s].resume.remote() for s in range(min(old, workers))])
+            for slot in range(old, workers):
+                self._workers[slot] = self._new_worker(slot)
+            self.n_workers = workers
+        finally:
+            with self._lock:
+                self._quiet = set()
+        log.info("rescaled from %d to %d workers", old, workers)
+        return self.status()
 
     def stop(self, timeout: float = 60.0) -> dict[str, Any]:
         """Drain every worker (finish the batch, commit), then end them."""

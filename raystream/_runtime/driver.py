@@ -71,6 +71,7 @@ class RunningApp:
         bounded: bool,
     ) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from raystream._runtime.coordinator import Coordinator, coordinator_name
 
@@ -83,6 +84,10 @@ class RunningApp:
             num_cpus=0,
             max_concurrency=32,
             max_restarts=0,
+            # Next to the driver (the head, usually): losing a worker node must not take it.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node_id=ray.get_runtime_context().get_node_id(), soft=True
+            ),
         ).remote(app, plan, kafka, runtime, workers, bounded)
         try:
             ray.get(self._coord.start.remote())
@@ -118,6 +123,13 @@ class RunningApp:
 
         pids: dict[int, int] = ray.get(self._coord.worker_pids.remote())
         return pids
+
+    def rescale(self, workers: int, timeout: float = 60.0) -> dict[str, Any]:
+        """Change the number of workers of the running app (tasks move with their state)."""
+        import ray
+
+        status: dict[str, Any] = ray.get(self._coord.rescale.remote(workers, timeout))
+        return status
 
     def stop(self, timeout: float = 60.0) -> RunResult:
         """Drain and commit every worker, end the actors, and summarise the run."""

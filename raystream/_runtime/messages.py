@@ -18,6 +18,11 @@ class Assignment:
     end_offsets: dict[tuple[str, int], int] | None = None
     #: Partition count of every topic the app reads (global tables are read whole).
     partitions: dict[str, int] = field(default_factory=dict)
+    #: Each task's index among the app's tasks (its epoch-marker partitions).
+    task_index: dict[TaskId, int] = field(default_factory=dict)
+    #: A number unique to this attempt across the app's runs, increasing: names checkpoint
+    #: epochs and is the ``rs.attempt`` header of outputs.
+    generation: int = 0
 
 
 @dataclass

@@ -6,16 +6,17 @@ and raised at :meth:`OutputSink.flush`, before any input offset is committed.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError as _RdKafkaError
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from raystream._kafka.clients import producer
 from raystream._kafka.headers import Headers
 from raystream.config import KafkaConfig
-from raystream.errors import KafkaError
+from raystream.errors import KafkaError, ProducerFencedError
 
 
 class Sink(Protocol):
@@ -33,13 +34,46 @@ class Sink(Protocol):
 
 
 class OutputSink:
-    """Produces records and reports failed deliveries at flush time."""
+    """Produces records and reports failed deliveries at flush time.
 
-    def __init__(self, cfg: KafkaConfig, **extra: Any) -> None:
+    With ``transactional_id`` the records of each epoch form one Kafka transaction:
+    :meth:`start_transactions` once (fences an older producer with the same id), then
+    :meth:`commit_epoch` at every epoch end.
+    """
+
+    def __init__(self, cfg: KafkaConfig, transactional_id: str | None = None, **extra: Any) -> None:
         self._errors: list[str] = []
         self._lock = threading.Lock()
+        if transactional_id is not None:
+            extra = {"transactional.id": transactional_id, **extra}
+        self.transactional = transactional_id is not None
         self.producer: Producer = producer(cfg, on_delivery_error=self._on_error, **extra)
         self.sent = 0
+
+    def start_transactions(self, timeout: float = 60.0) -> None:
+        """Register the transactional id (fencing any older instance) and open a transaction."""
+        try:
+            self.producer.init_transactions(timeout)
+            self.producer.begin_transaction()
+        except KafkaException as exc:
+            raise _txn_error("starting transactions", exc) from exc
+
+    def commit_epoch(self, offsets: list[Any], group_metadata: Any, timeout: float = 60.0) -> None:
+        """Commit the open transaction with ``offsets`` (the consumer group's new positions),
+        then open the next one."""
+        try:
+            self.producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
+            self.producer.commit_transaction(timeout)
+            self.producer.begin_transaction()
+        except KafkaException as exc:
+            raise _txn_error("committing an epoch", exc) from exc
+
+    def abort(self, timeout: float = 10.0) -> None:
+        """Abort the open transaction, if any (best effort: a dead broker is not an error here)."""
+        if not self.transactional:
+            return
+        with contextlib.suppress(KafkaException):
+            self.producer.abort_transaction(timeout)
 
     def _on_error(self, err: _RdKafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -80,3 +114,19 @@ class OutputSink:
             )
         if remaining:
             raise KafkaError(f"{remaining} output record(s) still unacknowledged after {timeout}s")
+
+
+def _txn_error(what: str, exc: KafkaException) -> KafkaError:
+    err = exc.args[0] if exc.args else None
+    code = err.code() if err is not None else None
+    if code in (
+        _RdKafkaError._FENCED,
+        _RdKafkaError.PRODUCER_FENCED,
+        _RdKafkaError.INVALID_PRODUCER_EPOCH,
+    ):
+        return ProducerFencedError(
+            f"{what}: a newer instance of this worker slot took over ({exc}); this one stops"
+        )
+    return KafkaError(
+        f"{what} failed: {exc}; the epoch is aborted and retried from the last commit"
+    )

@@ -96,6 +96,8 @@ class TaskRunner:
         self.max_event_time: int | None = None
         self.last_input_ms = clock_ms()
         self.finished = False
+        #: The last epoch committed for this task (outputs carry ``epoch + 1``).
+        self.epoch = 0
         #: (topic, partition) -> offset below which records were processed before a restart
         #: (tables are re-read from the start): their dead letters were written already.
         self.replayed_below: dict[tuple[str, int], int] = {}

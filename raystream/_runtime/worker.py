@@ -9,6 +9,7 @@ resumes by itself: it asks the coordinator for its tasks and seeks to the commit
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -16,6 +17,7 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -25,18 +27,47 @@ from confluent_kafka import KafkaException as _RdKafkaException
 from raystream._kafka import headers as hdr
 from raystream._kafka.admin import end_offsets
 from raystream._kafka.clients import consumer as make_consumer
+from raystream._runtime.checkpointing import TaskCheckpointer
+from raystream._runtime.epochs import epochs_topic, marker_partitions
 from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.output import OutputSink
 from raystream._runtime.task import Incoming, TaskRunner
-from raystream.config import KafkaConfig, RuntimeConfig
-from raystream.errors import OperatorContractError, RaystreamError, UserFunctionError
+from raystream.config import Guarantee, KafkaConfig, RuntimeConfig
+from raystream.errors import (
+    CheckpointError,
+    OperatorContractError,
+    ProducerFencedError,
+    RaystreamError,
+    RuntimeStateError,
+    UserFunctionError,
+)
+from raystream.state.checkpoint import CheckpointStore
 from raystream.topology.nodes import SourceSpec
 from raystream.topology.plan import Plan
 
 log = logging.getLogger("raystream.worker")
 
+#: Garbage-collect a task's old checkpoint epochs every this many epochs.
+_GC_EVERY = 20
 _OFFSET_BEGINNING = -2
 _OFFSET_END = -1
+
+
+@dataclass
+class _Task:
+    """One task of a worker attempt, with its checkpointer and commit bookkeeping."""
+
+    runner: TaskRunner
+    checkpointer: TaskCheckpointer
+    #: The co-partitioned (topic, partition)s it owns.
+    partitions: list[tuple[str, int]]
+    #: Its index among the app's tasks (which epoch-marker partitions it commits).
+    index: int
+    #: Table partitions it loads from their beginning before processing.
+    bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    #: Positions and output count as of its last committed epoch.
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    produced: int = 0
 
 
 class Worker:
@@ -75,6 +106,17 @@ class Worker:
         self._thread.join(timeout)
         return self._report
 
+    def resume(self) -> None:
+        """Start the loop again after :meth:`stop` (a rescale): ask for the new assignment."""
+        if self._thread.is_alive():
+            raise RuntimeStateError(f"worker {self.slot} is still running: stop it first")
+        self._stop.clear()
+        self._report = WorkerReport(self.slot, -1, os.getpid(), _node_id(), "starting")
+        self._thread = threading.Thread(
+            target=self._main, name=f"raystream-worker-{self.slot}", daemon=True
+        )
+        self._thread.start()
+
     def pid(self) -> int:
         """The worker's process id (for tests and ``raystream status``)."""
         return os.getpid()
@@ -89,7 +131,13 @@ class Worker:
                 self._report.state = "finished" if done else "stopped"
                 self._send_report()
                 return
-            except (OperatorContractError, UserFunctionError) as exc:
+            except ProducerFencedError as exc:
+                # A newer instance of this slot runs the tasks now: this one is a zombie.
+                log.warning("worker %d: %s", self.slot, exc)
+                self._report.state = "fenced"
+                self._send_report()
+                return
+            except (OperatorContractError, UserFunctionError, CheckpointError) as exc:
                 # Retrying would fail on the same records forever: stop the app and say why.
                 self._fail(exc, fatal=True)
                 return
@@ -108,41 +156,47 @@ class Worker:
     def _run(self, a: Assignment) -> bool:
         """Process the assignment until stopped (False) or, in bounded mode, done (True)."""
         self._report.attempt = a.attempt
-        epoch = 0
-        out = OutputSink(self.kafka)
+        exactly_once = self.runtime.guarantee is Guarantee.EXACTLY_ONCE
+        out = OutputSink(
+            self.kafka, transactional_id=f"{self.app}-{self.slot}" if exactly_once else None
+        )
         consumer = make_consumer(self.kafka, group_id=self.app)
         try:
-            tasks, routes = self._build_tasks(a, out, lambda: epoch)
+            if exactly_once:
+                out.start_transactions()
+            store = CheckpointStore(self.runtime.checkpoints or "", self.app)
+            tasks, routes = self._build_tasks(a, out, store)
             owned = [tp for tp in routes if tp[0] not in self._global_topics(a)]
-            positions = self._start_positions(consumer, owned, routes)
+            positions = self._recover(consumer, tasks, owned, routes, a)
             global_positions = {tp: 0 for tp in routes if tp not in positions}
             self._report.state = "bootstrapping"
-            self._bootstrap(consumer, routes, positions, global_positions)
+            self._bootstrap(consumer, tasks, routes, positions, global_positions)
             _assign(consumer, {**positions, **global_positions})
             ends = dict(a.end_offsets) if a.end_offsets is not None else None
-            partitions_of = _partitions_by_task(routes, owned)
+            runners = [t.runner for t in tasks]
             self._report.state = "running"
             last_commit = last_ends = time.monotonic()
             interval = self.runtime.commit_interval_ms / 1000.0
             idle_timeout = self.runtime.idle_timeout_ms
+            commit = functools.partial(self._commit, consumer, out, tasks, positions, a)
             while True:
                 if ends is not None:
                     if time.monotonic() - last_ends >= 0.2 and len(ends) < len(owned):
                         missing = [tp for tp in owned if tp not in ends]
                         ends.update(ray.get(self.coordinator.known_ends.remote(missing)))
                         last_ends = time.monotonic()
-                    for task, tps in partitions_of.items():
-                        if not task.finished and all(
-                            tp in ends and positions[tp] >= ends[tp] for tp in tps
+                    for t in tasks:
+                        if not t.runner.finished and all(
+                            tp in ends and positions[tp] >= ends[tp] for tp in t.partitions
                         ):
-                            task.finish()
-                    if all(t.finished for t in tasks):
-                        self._commit(consumer, out, positions, epoch)
-                        self._update_report(tasks, positions, consumer, epoch)
+                            t.runner.finish()
+                    if all(r.finished for r in runners):
+                        commit()
+                        self._update_report(runners, positions, consumer)
                         return True
                 if self._stop.is_set():
-                    self._commit(consumer, out, positions, epoch)
-                    self._update_report(tasks, positions, consumer, epoch)
+                    commit()
+                    self._update_report(runners, positions, consumer)
                     return False
                 msgs = consumer.consume(
                     self.runtime.max_batch_records, self.runtime.poll_timeout_ms / 1000.0
@@ -153,13 +207,15 @@ class Worker:
                 elif ends is not None:
                     _skip_control_records(consumer, positions)
                 if idle_timeout is not None:
-                    for task in tasks:
-                        task.check_idle(idle_timeout)
+                    for r in runners:
+                        r.check_idle(idle_timeout)
                 if time.monotonic() - last_commit >= interval:
-                    self._commit(consumer, out, positions, epoch)
-                    self._update_report(tasks, positions, consumer, epoch)
-                    epoch += 1
+                    commit()
+                    self._update_report(runners, positions, consumer)
                     last_commit = time.monotonic()
+        except BaseException:
+            out.abort()
+            raise
         finally:
             consumer.close()
 
@@ -175,77 +231,108 @@ class Worker:
         }
 
     def _build_tasks(
-        self, a: Assignment, out: OutputSink, epoch: Callable[[], int]
-    ) -> tuple[list[TaskRunner], dict[tuple[str, int], list[TaskRunner]]]:
+        self, a: Assignment, out: OutputSink, store: CheckpointStore
+    ) -> tuple[list[_Task], dict[tuple[str, int], list[TaskRunner]]]:
         """The assignment's tasks, and which of them each fetched partition feeds: a
         co-partitioned source partition feeds its task, a global table's partition every task
         whose sub-topology reads it."""
-        tasks: list[TaskRunner] = []
+        tasks: list[_Task] = []
         routes: dict[tuple[str, int], list[TaskRunner]] = defaultdict(list)
         dlq = self.runtime.dlq_topic
         for task_id in a.tasks:
-            tag = str(task_id)
             runner = TaskRunner(
                 self.app,
                 task_id,
                 self.plan,
                 out,
                 dlq_topic=lambda topic: dlq.format(topic=topic),
-                provenance=_provenance(tag, epoch, a.attempt),
+                provenance=lambda: [],
             )
-            tasks.append(runner)
+            runner.provenance = _provenance(runner, a.generation)
             st = self.plan.subtopologies[task_id.subtopology]
-            for topic in st.source_topics:
-                routes[(topic, task_id.partition)].append(runner)
+            own = [(topic, task_id.partition) for topic in st.source_topics]
+            for tp in own:
+                routes[tp].append(runner)
             for topic in st.global_topics:
                 if topic not in a.partitions:
                     raise RaystreamError(f"no partition count for global table topic {topic!r}")
                 for p in range(a.partitions[topic]):
                     routes[(topic, p)].append(runner)
+            ck = TaskCheckpointer(store, runner, self.runtime.checkpoint_compact_every)
+            tasks.append(_Task(runner, ck, own, a.task_index[task_id]))
         return tasks, dict(routes)
 
-    def _start_positions(
+    def _recover(
         self,
         consumer: Consumer,
+        tasks: list[_Task],
         owned: list[tuple[str, int]],
         routes: dict[tuple[str, int], list[TaskRunner]],
+        a: Assignment,
     ) -> dict[tuple[str, int], int]:
-        """Where each owned partition starts: a stream at its committed offset, a table at its
-        beginning (its state is rebuilt by reading it again; the records below the committed
-        offset were reported already, so they are not dead-lettered twice)."""
-        tps = [TopicPartition(t, p) for t, p in owned]
+        """Restore each task from the epoch Kafka committed for it and return where every owned
+        partition starts. Without a committed epoch: streams start at their committed offset,
+        tables at their beginning (loaded again; records below the committed offset were
+        reported already, so they are not dead-lettered twice)."""
+        topic = epochs_topic(self.app)
+        markers = [TopicPartition(topic, p) for t in tasks for p in marker_partitions(t.index)]
+        tps = [TopicPartition(t, p) for t, p in owned] + markers
         try:
-            committed = consumer.committed(tps, timeout=30) if tps else []
+            got = consumer.committed(tps, timeout=30) if tps else []
         except _RdKafkaException as exc:
             raise RaystreamError(f"cannot read committed offsets: {exc}") from exc
+        committed = {(tp.topic, tp.partition): tp.offset for tp in got}
         tables = self._changelog_topics()
         reset = 0 if self.runtime.auto_offset_reset == "earliest" else _OFFSET_END
         positions: dict[tuple[str, int], int] = {}
-        for tp in committed:
-            key = (tp.topic, tp.partition)
-            if tp.topic in tables:
-                positions[key] = 0
-                if tp.offset > 0:
-                    for runner in routes[key]:
-                        runner.replayed_below[key] = tp.offset
-            else:
-                positions[key] = tp.offset if tp.offset >= 0 else reset
+        for t in tasks:
+            e_part, a_part = marker_partitions(t.index)
+            epoch, attempt = committed.get((topic, e_part), -1), committed.get((topic, a_part), -1)
+            if epoch > 0 and t.checkpointer.stateful:
+                manifest = t.checkpointer.restore((epoch, attempt))
+                self._check_offsets(t, manifest.offsets, committed)
+            t.runner.epoch = max(epoch, 0)
+            for tp in t.partitions:
+                off = committed.get(tp, -1)
+                if tp[0] in tables and not (epoch > 0 and t.checkpointer.stateful):
+                    positions[tp] = 0
+                    t.bootstrap.append(tp)
+                    if off > 0:
+                        for runner in routes[tp]:
+                            runner.replayed_below[tp] = off
+                else:
+                    positions[tp] = off if off >= 0 else reset
+            t.committed = {tp: positions[tp] for tp in t.partitions}
         if any(off == _OFFSET_END for off in positions.values()):
             ends = end_offsets(self.kafka, [tp for tp, off in positions.items() if off < 0])
             positions.update(ends)
         return positions
 
+    @staticmethod
+    def _check_offsets(
+        t: _Task, saved: dict[str, int], committed: dict[tuple[str, int], int]
+    ) -> None:
+        for tp in t.partitions:
+            want = saved.get(_tp_name(tp), 0)
+            got = max(committed.get(tp, -1), 0)
+            if want != got:
+                raise CheckpointError(
+                    f"task {t.runner.task}: the committed epoch's checkpoint says {tp[0]}[{tp[1]}] "
+                    f"is at {want} but Kafka's committed offset is {got}; were the group's offsets "
+                    "reset by hand? Reset the checkpoints too, or run the app under a new name"
+                )
+
     def _bootstrap(
         self,
         consumer: Consumer,
+        tasks: list[_Task],
         routes: dict[tuple[str, int], list[TaskRunner]],
         positions: dict[tuple[str, int], int],
         global_positions: dict[tuple[str, int], int],
     ) -> None:
-        """Load every table partition (co-partitioned and global) to its current end before
-        any stream record is processed."""
-        tables = self._changelog_topics()
-        boot = {tp: off for tp, off in positions.items() if tp[0] in tables}
+        """Load the table partitions that start from their beginning (and every global-table
+        partition) to their current end before any stream record is processed."""
+        boot = {tp: positions[tp] for t in tasks for tp in t.bootstrap}
         boot.update(global_positions)
         if not boot:
             return
@@ -277,26 +364,58 @@ class Worker:
         self,
         consumer: Consumer,
         out: OutputSink,
+        tasks: list[_Task],
         positions: dict[tuple[str, int], int],
-        epoch: int,
+        a: Assignment,
     ) -> None:
-        """At-least-once commit: every output acknowledged, then the input offsets."""
+        """End the epoch of every task that did something: checkpoint its state, then commit
+        outputs, input offsets and the tasks' (epoch, attempt) together (one Kafka transaction
+        in exactly-once mode; flush then commit in at-least-once mode)."""
         out.flush()
-        offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items() if off > 0]
+        topic = epochs_topic(self.app)
+        offsets: list[TopicPartition] = []
+        written: list[_Task] = []
+        for t in tasks:
+            now = {tp: positions[tp] for tp in t.partitions}
+            produced = t.runner.counters.records_out + t.runner.counters.dead_letters
+            if now == t.committed and produced == t.produced and not t.checkpointer.dirty():
+                continue
+            epoch = t.runner.epoch + 1
+            if t.checkpointer.stateful:
+                t.checkpointer.write(
+                    (epoch, a.generation), {_tp_name(tp): o for tp, o in now.items()}
+                )
+            e_part, a_part = marker_partitions(t.index)
+            offsets += [
+                TopicPartition(topic, e_part, epoch),
+                TopicPartition(topic, a_part, a.generation),
+            ]
+            offsets += [TopicPartition(tp[0], tp[1], o) for tp, o in now.items() if o > 0]
+            written.append(t)
         if offsets:
-            try:
-                consumer.commit(offsets=offsets, asynchronous=False)
-            except _RdKafkaException as exc:
-                raise RaystreamError(f"offset commit failed: {exc}") from exc
+            if out.transactional:
+                out.commit_epoch(offsets, consumer.consumer_group_metadata())
+            else:
+                try:
+                    consumer.commit(offsets=offsets, asynchronous=False)
+                except _RdKafkaException as exc:
+                    raise RaystreamError(f"offset commit failed: {exc}") from exc
+        for t in written:
+            t.runner.epoch += 1
+            t.committed = {tp: positions[tp] for tp in t.partitions}
+            t.produced = t.runner.counters.records_out + t.runner.counters.dead_letters
+            if t.checkpointer.head is not None and t.runner.epoch % _GC_EVERY == 0:
+                t.checkpointer.store.gc(
+                    str(t.runner.task), t.checkpointer.head.ref, self.runtime.checkpoint_retain
+                )
         self._report.committed_at = time.time()
-        self._report.epoch = epoch
+        self._report.epoch = max((t.runner.epoch for t in tasks), default=0)
 
     def _update_report(
         self,
         tasks: list[TaskRunner],
         positions: dict[tuple[str, int], int],
         consumer: Consumer,
-        epoch: int,
     ) -> None:
         r = self._report
         r.records_in = sum(t.counters.records_in for t in tasks)
@@ -368,19 +487,15 @@ def _assign(consumer: Consumer, positions: dict[tuple[str, int], int]) -> None:
     )
 
 
-def _provenance(task: str, epoch: Callable[[], int], attempt: int) -> Callable[[], hdr.Headers]:
-    """Headers for a task's outputs, naming the epoch current when each record is written."""
-    return lambda: hdr.provenance(task, epoch(), attempt)
+def _provenance(runner: TaskRunner, generation: int) -> Callable[[], hdr.Headers]:
+    """Headers for a task's outputs, naming the epoch they belong to (the one after the last
+    committed) and the attempt that wrote them."""
+    tag = str(runner.task)
+    return lambda: hdr.provenance(tag, runner.epoch + 1, generation)
 
 
-def _partitions_by_task(
-    routes: dict[tuple[str, int], list[TaskRunner]], owned: list[tuple[str, int]]
-) -> dict[TaskRunner, list[tuple[str, int]]]:
-    out: dict[TaskRunner, list[tuple[str, int]]] = defaultdict(list)
-    for tp in owned:
-        for task in routes[tp]:
-            out[task].append(tp)
-    return dict(out)
+def _tp_name(tp: tuple[str, int]) -> str:
+    return f"{tp[0]}[{tp[1]}]"
 
 
 def _skip_control_records(consumer: Consumer, positions: dict[tuple[str, int], int]) -> None:

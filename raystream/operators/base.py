@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from raystream.state.base import KeyedStore
 
 Row = dict[str, Any]
 
@@ -180,12 +182,24 @@ class Operator(ABC):
         """The task's watermark advanced to ``watermark`` (ms); emit what it closes."""
         return ()
 
-    def snapshot(self) -> Any:
-        """The operator's state, immutable and serialisable; None when stateless."""
+    def state_stores(self) -> Sequence[KeyedStore]:
+        """The keyed stores that hold this operator's state (checkpointed incrementally: only
+        their dirty keys are written each epoch), in a fixed order; empty when stateless."""
+        return ()
+
+    def snapshot(self, with_stores: bool = True) -> Any:
+        """The operator's state, immutable and serialisable; None when stateless.
+
+        ``with_stores=False`` leaves out the contents of :meth:`state_stores` (a checkpoint
+        writes those apart, incrementally); everything else is in the snapshot.
+        """
         return None
 
-    def restore(self, state: Any) -> None:  # noqa: B027 - optional hook
-        """Load state produced by :meth:`snapshot`."""
+    def restore(  # noqa: B027 - optional hook
+        self, state: Any, stores: Sequence[Iterable[tuple[Hashable, Any]]] | None = None
+    ) -> None:
+        """Load state produced by :meth:`snapshot`. When the snapshot was taken without its
+        stores, ``stores`` gives their items, in :meth:`state_stores` order."""
 
 
 class OperatorSpec(ABC):

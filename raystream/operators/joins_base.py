@@ -33,7 +33,7 @@ side shows a new column, and is part of the operator's snapshot.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
@@ -146,6 +146,17 @@ class JoinSnapshot:
     scalars: tuple[Any, ...]  # watermarks, sequence numbers, counters
     schemas: tuple[bytes | None, ...]  # serialized learned schemas (and key types)
     stores: tuple[tuple[tuple[Any, Any], ...], ...]  # each KeyedStore's items
+
+
+#: Store contents handed to ``restore`` apart from a snapshot taken ``with_stores=False``.
+StoreItems = Sequence[Iterable[tuple[Hashable, Any]]]
+
+
+def store_items(snap: JoinSnapshot, stores: StoreItems | None, i: int) -> tuple[Any, ...]:
+    """The items of a join's ``i``-th store: from the snapshot, or given apart."""
+    if stores is None:
+        return tuple(snap.stores[i])
+    return tuple(stores[i]) if i < len(stores) else ()
 
 
 def expect_snapshot(state: Any, op: Operator, name: str) -> JoinSnapshot:

@@ -57,6 +57,7 @@ from raystream.operators.joins_base import (
     BinaryOperatorSpec,
     JoinSnapshot,
     SideSchema,
+    StoreItems,
     check_how,
     check_ms,
     check_prefix,
@@ -67,9 +68,11 @@ from raystream.operators.joins_base import (
     key_array,
     schema_bytes,
     schema_from_bytes,
+    store_items,
 )
 from raystream.operators.keyed import cumulative_watermark
 from raystream.operators.windows_common import MIN_TIME
+from raystream.state.base import KeyedStore
 from raystream.state.memory import MemoryStore
 from raystream.timeutil import Duration, parse_duration
 
@@ -354,7 +357,10 @@ class StreamStreamJoinOperator(BinaryOperator):
 
     # -- snapshots -------------------------------------------------------------------------------
 
-    def snapshot(self) -> JoinSnapshot:
+    def state_stores(self) -> Sequence[KeyedStore]:
+        return (self.buffers[LEFT], self.buffers[RIGHT])
+
+    def snapshot(self, with_stores: bool = True) -> JoinSnapshot:
         learned = [None if s.declared is not None else s.schema for s in self.schemas.values()]
         key = None if self.key_type is None else pa.schema([pa.field("key", self.key_type)])
         return JoinSnapshot(
@@ -367,10 +373,10 @@ class StreamStreamJoinOperator(BinaryOperator):
                 self.late_records,
             ),
             (*(schema_bytes(s) for s in learned), schema_bytes(key)),
-            tuple(tuple(self.buffers[s].items()) for s in (LEFT, RIGHT)),
+            tuple(tuple(self.buffers[s].items()) for s in (LEFT, RIGHT)) if with_stores else (),
         )
 
-    def restore(self, state: Any) -> None:
+    def restore(self, state: Any, stores: StoreItems | None = None) -> None:
         snap = expect_snapshot(state, self, self.name)
         (
             self.watermark,
@@ -385,7 +391,8 @@ class StreamStreamJoinOperator(BinaryOperator):
                 self.schemas[side].schema = learned
         self.key_type = None if key is None else key.field(0).type
         self._due = []
-        for side, items in zip((LEFT, RIGHT), snap.stores, strict=True):
+        for i, side in enumerate((LEFT, RIGHT)):
+            items = store_items(snap, stores, i)
             self.buffers[side].load(items)
             index: dict[Hashable, dict[int, None]] = {}
             for (key, seq), entry in sorted(items, key=lambda item: item[0][1]):

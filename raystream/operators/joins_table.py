@@ -46,6 +46,7 @@ from raystream.operators.joins_base import (
     BinaryOperatorSpec,
     JoinSnapshot,
     SideSchema,
+    StoreItems,
     check_how,
     check_prefix,
     check_scalar_keys,
@@ -56,10 +57,12 @@ from raystream.operators.joins_base import (
     record_batch,
     schema_bytes,
     schema_from_bytes,
+    store_items,
     tombstone_mask,
     value_columns,
     with_tombstones,
 )
+from raystream.state.base import KeyedStore
 from raystream.state.memory import MemoryStore
 
 LOOKUP_HOWS = ("inner", "left")
@@ -141,14 +144,16 @@ class TableState:
         keys = key_array([k for k, _ in items], self.key_type)
         return pa.Table.from_batches([data]).add_column(0, key_name, keys)
 
-    def snapshot_parts(self) -> tuple[tuple[Any, ...], tuple[bytes | None, ...], Any]:
+    def snapshot_parts(
+        self, with_stores: bool = True
+    ) -> tuple[tuple[Any, ...], tuple[bytes | None, ...], Any]:
         """(scalars, schemas, store items) for a :class:`JoinSnapshot`."""
         learned = None if self.schema.declared is not None else self.schema.schema
         key = None if self.key_type is None else pa.schema([pa.field("key", self.key_type)])
         return (
             (self.dropped_null_keys,),
             (schema_bytes(learned), schema_bytes(key)),
-            tuple(self.store.items()),
+            tuple(self.store.items()) if with_stores else (),
         )
 
     def restore_parts(
@@ -219,13 +224,16 @@ class TableOperator(Operator):
         """The current table (for views and tests)."""
         return self.state.to_arrow(key_name)
 
-    def snapshot(self) -> JoinSnapshot:
-        scalars, schemas, items = self.state.snapshot_parts()
-        return JoinSnapshot(type(self).__name__, scalars, schemas, (items,))
+    def state_stores(self) -> Sequence[KeyedStore]:
+        return (self.state.store,)
 
-    def restore(self, state: Any) -> None:
+    def snapshot(self, with_stores: bool = True) -> JoinSnapshot:
+        scalars, schemas, items = self.state.snapshot_parts(with_stores)
+        return JoinSnapshot(type(self).__name__, scalars, schemas, (items,) if with_stores else ())
+
+    def restore(self, state: Any, stores: StoreItems | None = None) -> None:
         snap = expect_snapshot(state, self, self.name)
-        self.state.restore_parts(snap.scalars, snap.schemas, snap.stores[0])
+        self.state.restore_parts(snap.scalars, snap.schemas, store_items(snap, stores, 0))
 
 
 # -- stream-table and stream-global-table joins -------------------------------------------------
@@ -323,16 +331,22 @@ class LookupJoinBase(BinaryOperator):
         """Number of keys in the table state."""
         return len(self.table.store)
 
-    def snapshot(self) -> JoinSnapshot:
-        scalars, schemas, items = self.table.snapshot_parts()
+    def state_stores(self) -> Sequence[KeyedStore]:
+        return (self.table.store,)
+
+    def snapshot(self, with_stores: bool = True) -> JoinSnapshot:
+        scalars, schemas, items = self.table.snapshot_parts(with_stores)
         return JoinSnapshot(
-            type(self).__name__, (*scalars, self.unmatched_null_keys), schemas, (items,)
+            type(self).__name__,
+            (*scalars, self.unmatched_null_keys),
+            schemas,
+            (items,) if with_stores else (),
         )
 
-    def restore(self, state: Any) -> None:
+    def restore(self, state: Any, stores: StoreItems | None = None) -> None:
         snap = expect_snapshot(state, self, self.name)
         *scalars, self.unmatched_null_keys = snap.scalars
-        self.table.restore_parts(tuple(scalars), snap.schemas, snap.stores[0])
+        self.table.restore_parts(tuple(scalars), snap.schemas, store_items(snap, stores, 0))
 
 
 class StreamTableJoinOperator(LookupJoinBase):
@@ -349,6 +363,9 @@ class GlobalTableJoinOperator(LookupJoinBase):
     def __init__(self, name: str, spec: GlobalTableJoinSpec) -> None:
         super().__init__(name, spec.how, spec.right_prefix, spec.right_schema)
         self.on = spec.on
+
+    def state_stores(self) -> Sequence[KeyedStore]:
+        return ()  # a global table is loaded again from its topic, never checkpointed
 
     def _lookup_keys(self, batch: Batch) -> tuple[Batch, pa.Array]:
         if isinstance(self.on, str):

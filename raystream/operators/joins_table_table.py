@@ -39,14 +39,17 @@ from raystream.operators.joins_base import (
     BinaryOperatorSpec,
     JoinSnapshot,
     SideSchema,
+    StoreItems,
     check_how,
     check_prefix,
     check_schema,
     expect_snapshot,
     joined_data,
+    store_items,
     with_tombstones,
 )
 from raystream.operators.joins_table import Entry, TableState
+from raystream.state.base import KeyedStore
 
 TABLE_TABLE_HOWS = ("inner", "left", "outer")
 
@@ -140,12 +143,16 @@ class TableTableJoinOperator(BinaryOperator):
         """Number of keys held for the left and the right table."""
         return len(self.left.store), len(self.right.store)
 
-    def snapshot(self) -> JoinSnapshot:
-        ls, lschemas, litems = self.left.snapshot_parts()
-        rs, rschemas, ritems = self.right.snapshot_parts()
-        return JoinSnapshot(type(self).__name__, (ls, rs), (*lschemas, *rschemas), (litems, ritems))
+    def state_stores(self) -> Sequence[KeyedStore]:
+        return (self.left.store, self.right.store)
 
-    def restore(self, state: Any) -> None:
+    def snapshot(self, with_stores: bool = True) -> JoinSnapshot:
+        ls, lschemas, litems = self.left.snapshot_parts(with_stores)
+        rs, rschemas, ritems = self.right.snapshot_parts(with_stores)
+        items = (litems, ritems) if with_stores else ()
+        return JoinSnapshot(type(self).__name__, (ls, rs), (*lschemas, *rschemas), items)
+
+    def restore(self, state: Any, stores: StoreItems | None = None) -> None:
         snap = expect_snapshot(state, self, self.name)
-        self.left.restore_parts(snap.scalars[0], snap.schemas[:2], snap.stores[0])
-        self.right.restore_parts(snap.scalars[1], snap.schemas[2:], snap.stores[1])
+        self.left.restore_parts(snap.scalars[0], snap.schemas[:2], store_items(snap, stores, 0))
+        self.right.restore_parts(snap.scalars[1], snap.schemas[2:], store_items(snap, stores, 1))

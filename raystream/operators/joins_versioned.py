@@ -44,6 +44,7 @@ from raystream.operators.joins_base import (
     BinaryOperatorSpec,
     JoinSnapshot,
     SideSchema,
+    StoreItems,
     check_how,
     check_prefix,
     check_scalar_keys,
@@ -52,9 +53,11 @@ from raystream.operators.joins_base import (
     joined_data,
     schema_bytes,
     schema_from_bytes,
+    store_items,
     tombstone_mask,
     value_columns,
 )
+from raystream.state.base import KeyedStore
 from raystream.state.memory import MemoryStore
 from raystream.timeutil import Duration, parse_duration
 
@@ -274,7 +277,10 @@ class VersionedTableJoinOperator(BinaryOperator):
 
     # -- snapshots -------------------------------------------------------------------------------
 
-    def snapshot(self) -> JoinSnapshot:
+    def state_stores(self) -> Sequence[KeyedStore]:
+        return (self.store,)
+
+    def snapshot(self, with_stores: bool = True) -> JoinSnapshot:
         learned = None if self.schema.declared is not None else self.schema.schema
         return JoinSnapshot(
             type(self).__name__,
@@ -286,10 +292,10 @@ class VersionedTableJoinOperator(BinaryOperator):
                 self.unmatched_null_keys,
             ),
             (schema_bytes(learned),),
-            (tuple(self.store.items()),),
+            (tuple(self.store.items()),) if with_stores else (),
         )
 
-    def restore(self, state: Any) -> None:
+    def restore(self, state: Any, stores: StoreItems | None = None) -> None:
         snap = expect_snapshot(state, self, self.name)
         (
             self.table_time,
@@ -301,7 +307,7 @@ class VersionedTableJoinOperator(BinaryOperator):
         learned = schema_from_bytes(snap.schemas[0])
         if learned is not None:
             self.schema.schema = learned
-        self.store.load(snap.stores[0])
+        self.store.load(store_items(snap, stores, 0))
         self._due, self._n = [], 0
         for key, history in self.store.items():
             for valid_from, _ in history:

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from raystream.operators.aggregations import Aggregation
 from raystream.operators.aggregations_batch import batch_partials
 from raystream.operators.base import Batch, Operator, TaskContext
 from raystream.operators.keyed import check_scalar_keys, cumulative_watermark
+from raystream.state.base import KeyedStore
 from raystream.state.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -190,8 +191,11 @@ class KeyedAggregateBase(Operator):
 
     # -- snapshots -----------------------------------------------------------------------------
 
-    def snapshot(self) -> AggregateSnapshot:
-        items = tuple(self.store.items())
+    def state_stores(self) -> Sequence[KeyedStore]:
+        return (self.store,)
+
+    def snapshot(self, with_stores: bool = True) -> AggregateSnapshot:
+        items = tuple(self.store.items()) if with_stores else ()
         if self._custom:
             items = copy.deepcopy(items)  # user accumulators may be mutable
         fields = [pa.field(k, t) for k, t in self._field_types.items()]
@@ -206,7 +210,9 @@ class KeyedAggregateBase(Operator):
             items,
         )
 
-    def restore(self, state: Any) -> None:
+    def restore(
+        self, state: Any, stores: Sequence[Iterable[tuple[Hashable, Any]]] | None = None
+    ) -> None:
         if not isinstance(state, AggregateSnapshot):
             raise TopologyError(
                 f"{self.name}: cannot restore from a {type(state).__name__}; the checkpoint "
@@ -223,8 +229,8 @@ class KeyedAggregateBase(Operator):
                     self._key_type = f.type
                 else:
                     self._field_types[f.name] = f.type
-        items = copy.deepcopy(state.items) if self._custom else state.items
-        self.store.load(items)
+        items = state.items if stores is None else tuple(stores[0])
+        self.store.load(copy.deepcopy(items) if self._custom else items)
         self._rebuild_index()
 
     def _rebuild_index(self) -> None:

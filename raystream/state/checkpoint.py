@@ -1,17 +1,21 @@
 """Epoch checkpoints on ``pyarrow.fs`` (local paths or S3): the files recovery and views read.
 
-Layout, per app and task::
+Layout, per app and task (an epoch is named by its number and the attempt that wrote it, so a
+fenced zombie and its successor never write the same files)::
 
-    <root>/<app>/<task>/<epoch:012d>/<store>.parquet      changed rows of that store in the epoch
-    <root>/<app>/<task>/<epoch:012d>.manifest.json        the epoch's commit record, written last
+    <root>/<app>/<task>/<epoch:012d>-<attempt>/<store>.parquet    changed rows of that store
+    <root>/<app>/<task>/<epoch:012d>-<attempt>.manifest.json      the epoch's record, written last
 
-A store's rows carry a ``__key`` column (binary or string) and a ``__deleted`` flag (tombstones).
-An epoch is either *full* (every key) or a *delta* (keys changed since the previous epoch) on top
-of its ``base``, the latest full epoch before it. The manifest, written after every Parquet file
-of the epoch, is the publish point: readers only ever see epochs whose manifest exists, so no
-reader sees half an epoch (a rename on local disks; a single PUT on S3). The manifest records the
-input offsets the epoch ends at; recovery loads the epoch whose offsets equal Kafka's committed
-offsets, so the checkpoint of an aborted epoch is never used.
+A store's rows carry a ``__key`` column and a ``__deleted`` flag (tombstones). An epoch is either
+*full* (every key) or a *delta* (keys changed since its ``parent``, the epoch before it). Each
+manifest names its parent and its ``base`` (the full epoch its delta chain starts from), so a
+chain follows exactly the epochs that led to it, never an aborted attempt's epoch beside it.
+
+The manifest, written after every Parquet file of the epoch, is the publish point: readers only
+see epochs whose manifest exists, so no reader sees half an epoch (a rename on local disks; a
+single PUT on S3). Which epoch is *committed* is not decided here: the worker commits the epoch's
+``(epoch, attempt)`` to Kafka in the same transaction as its outputs and input offsets, and
+recovery loads exactly that one (the manifest's offsets are checked against Kafka's).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -34,21 +39,37 @@ KEY = "__key"
 DELETED = "__deleted"
 _MANIFEST = ".manifest.json"
 
+#: An epoch as ``(epoch number, attempt)``.
+EpochRef = tuple[int, int]
+
+
+def epoch_name(ref: EpochRef) -> str:
+    """The file-name stem of an epoch."""
+    return f"{ref[0]:012d}-{ref[1]}"
+
 
 @dataclass(frozen=True)
 class EpochManifest:
-    """What one committed epoch of one task wrote."""
+    """What one published epoch of one task wrote."""
 
     task: str
     epoch: int
+    attempt: int
     #: Input positions the epoch ends at, ``"topic[partition]" -> offset``.
     offsets: dict[str, int]
     #: Store name -> rows written in this epoch.
     stores: dict[str, int]
     full: bool
-    #: The full epoch this one builds on (itself when full).
-    base: int
+    #: The full epoch its delta chain starts from (itself when full).
+    base: EpochRef
+    #: The epoch before it in its history (None: the first).
+    parent: EpochRef | None
     created_at: float = field(default_factory=time.time)
+
+    @property
+    def ref(self) -> EpochRef:
+        """``(epoch, attempt)``."""
+        return (self.epoch, self.attempt)
 
     def to_json(self) -> bytes:
         """The manifest file's content."""
@@ -58,13 +79,16 @@ class EpochManifest:
     def from_json(data: bytes) -> EpochManifest:
         """Parse a manifest file."""
         d = json.loads(data)
+        parent = d.get("parent")
         return EpochManifest(
             task=d["task"],
             epoch=int(d["epoch"]),
+            attempt=int(d["attempt"]),
             offsets={k: int(v) for k, v in d["offsets"].items()},
             stores={k: int(v) for k, v in d["stores"].items()},
             full=bool(d["full"]),
-            base=int(d["base"]),
+            base=(int(d["base"][0]), int(d["base"][1])),
+            parent=None if parent is None else (int(parent[0]), int(parent[1])),
             created_at=float(d["created_at"]),
         )
 
@@ -94,38 +118,38 @@ class CheckpointStore:
     def write_epoch(
         self,
         task: str,
-        epoch: int,
+        ref: EpochRef,
         offsets: Mapping[str, int],
         stores: Mapping[str, pa.Table],
         *,
+        parent: EpochManifest | None,
         full: bool,
-        base: int | None = None,
     ) -> EpochManifest:
         """Write one epoch's store tables, then publish it with its manifest.
 
-        A delta (``full=False``) names the full epoch it builds on in ``base``.
+        A delta (``full=False``) holds the changes since ``parent``, which must be given.
         """
-        if full:
-            base = epoch
-        elif base is None:
-            raise CheckpointError("a delta epoch needs the epoch of its full base")
+        if not full and parent is None:
+            raise CheckpointError("a delta epoch needs its parent epoch")
         for name, table in stores.items():
             missing = {KEY, DELETED} - set(table.schema.names)
             if missing:
                 raise CheckpointError(f"store {name!r} rows lack the columns {sorted(missing)}")
-        epoch_dir = f"{self.root}/{task}/{epoch:012d}"
+        epoch_dir = f"{self.root}/{task}/{epoch_name(ref)}"
         self.fs.create_dir(epoch_dir, recursive=True)
         for name, table in stores.items():
             pq.write_table(table, f"{epoch_dir}/{name}.parquet", filesystem=self.fs)
         manifest = EpochManifest(
             task=task,
-            epoch=epoch,
+            epoch=ref[0],
+            attempt=ref[1],
             offsets=dict(offsets),
             stores={n: t.num_rows for n, t in stores.items()},
             full=full,
-            base=base,
+            base=ref if full or parent is None else parent.base,
+            parent=None if parent is None else parent.ref,
         )
-        final = f"{self.root}/{task}/{epoch:012d}{_MANIFEST}"
+        final = f"{self.root}/{task}/{epoch_name(ref)}{_MANIFEST}"
         if self._local:
             tmp = f"{final}.{uuid.uuid4().hex}.tmp"
             with self.fs.open_output_stream(tmp) as out:
@@ -138,74 +162,128 @@ class CheckpointStore:
 
     # -- reading -----------------------------------------------------------------------------
     def manifests(self, task: str) -> list[EpochManifest]:
-        """Every published epoch of ``task``, oldest first."""
+        """Every published epoch of ``task`` (committed or not), oldest first."""
         sel = pafs.FileSelector(f"{self.root}/{task}", allow_not_found=True)
         out = []
         for info in self.fs.get_file_info(sel):
             if info.type == pafs.FileType.File and info.base_name.endswith(_MANIFEST):
                 with self.fs.open_input_stream(info.path) as fh:
                     out.append(EpochManifest.from_json(fh.read()))
-        return sorted(out, key=lambda m: m.epoch)
+        return sorted(out, key=lambda m: m.ref)
 
-    def committed(self, task: str, offsets: Mapping[str, int]) -> EpochManifest | None:
-        """The latest epoch whose offsets equal ``offsets`` (Kafka's committed offsets)."""
-        want = dict(offsets)
-        for m in reversed(self.manifests(task)):
-            if m.offsets == want:
-                return m
-        return None
+    def manifest(self, task: str, ref: EpochRef) -> EpochManifest:
+        """The manifest of one epoch; CheckpointError when it was never published (or gone)."""
+        path = f"{self.root}/{task}/{epoch_name(ref)}{_MANIFEST}"
+        try:
+            with self.fs.open_input_stream(path) as fh:
+                return EpochManifest.from_json(fh.read())
+        except (FileNotFoundError, OSError) as exc:
+            raise CheckpointError(
+                f"task {task} has no published epoch {ref[0]} (attempt {ref[1]}) under "
+                f"{self.root}: was the checkpoint directory changed or cleaned?"
+            ) from exc
 
-    def load(self, task: str, epoch: int, store: str) -> pa.Table:
-        """The rows of ``store`` as of ``epoch``: its full base plus every delta up to it, last
-        write per key winning, tombstones removed."""
-        chain = self._chain(task, epoch)
+    def lineage(self, task: str, ref: EpochRef) -> list[EpochManifest]:
+        """The epoch and its ancestors still stored, newest first (its committed history)."""
+        out: list[EpochManifest] = []
+        cur: EpochRef | None = ref
+        while cur is not None:
+            try:
+                m = self.manifest(task, cur)
+            except CheckpointError:
+                if not out:
+                    raise
+                break
+            out.append(m)
+            cur = m.parent
+        return out
+
+    def load(self, task: str, ref: EpochRef, store: str) -> pa.Table:
+        """The rows of ``store`` as of epoch ``ref``: its full base plus every delta up to it,
+        last write per key winning, tombstones removed."""
+        chain = self._chain(task, ref)
         tables = []
         for seq, m in enumerate(chain):
             if store not in m.stores:
                 continue
-            path = f"{self.root}/{task}/{m.epoch:012d}/{store}.parquet"
+            path = f"{self.root}/{task}/{epoch_name(m.ref)}/{store}.parquet"
             t = pq.read_table(path, filesystem=self.fs)
             tables.append(t.append_column("__seq", pa.array([seq] * t.num_rows, pa.int32())))
         if not tables:
-            raise CheckpointError(f"task {task} epoch {epoch} has no store {store!r}")
+            raise CheckpointError(f"task {task} epoch {ref[0]} has no store {store!r}")
         rows = pa.concat_tables(tables, promote_options="default")
+        if len(tables) == 1:
+            keep = pc.invert(rows.column(DELETED))
+            return rows.filter(keep).drop_columns(["__seq"])
         con = duckdb.connect()
         try:
             con.register("rows", rows)
             return con.sql(
                 f"SELECT * EXCLUDE (__seq, __rn) FROM ("
                 f" SELECT *, row_number() OVER (PARTITION BY {KEY} ORDER BY __seq DESC) AS __rn"
-                f" FROM rows) WHERE __rn = 1 AND NOT {DELETED} ORDER BY {KEY}"
+                f" FROM rows) WHERE __rn = 1 AND NOT {DELETED}"
             ).to_arrow_table()
         finally:
             con.close()
 
-    def _chain(self, task: str, epoch: int) -> list[EpochManifest]:
-        by_epoch = {m.epoch: m for m in self.manifests(task)}
-        if epoch not in by_epoch:
-            raise CheckpointError(f"task {task} has no published epoch {epoch}")
-        top = by_epoch[epoch]
-        chain = [m for e, m in sorted(by_epoch.items()) if top.base <= e <= epoch]
-        if not chain or not chain[0].full:
-            raise CheckpointError(f"task {task} epoch {epoch}: its full base {top.base} is gone")
+    def stores_of(self, task: str, ref: EpochRef) -> list[str]:
+        """The store names that epoch ``ref``'s chain holds."""
+        return sorted({name for m in self._chain(task, ref) for name in m.stores})
+
+    def _chain(self, task: str, ref: EpochRef) -> list[EpochManifest]:
+        """The epochs to read for ``ref``: its full base, then every delta up to it."""
+        chain: list[EpochManifest] = []
+        m = self.manifest(task, ref)
+        while True:
+            chain.append(m)
+            if m.full:
+                break
+            if m.parent is None:
+                raise CheckpointError(f"task {task} epoch {m.epoch}: a delta without a parent")
+            try:
+                m = self.manifest(task, m.parent)
+            except CheckpointError as exc:
+                raise CheckpointError(
+                    f"task {task} epoch {ref[0]}: its full base {m.base[0]} is gone ({exc})"
+                ) from exc
+        chain.reverse()
         return chain
 
     # -- housekeeping ------------------------------------------------------------------------
-    def gc(self, task: str, keep: int) -> list[int]:
-        """Delete epochs that none of the latest ``keep`` epochs needs; returns the deleted."""
-        ms = self.manifests(task)
-        if len(ms) <= keep:
-            return []
-        oldest_needed = min(m.base for m in ms[-keep:])
-        deleted = []
-        for m in ms:
-            if m.epoch >= oldest_needed:
-                break
+    def gc(self, task: str, head: EpochRef, keep: int) -> list[EpochRef]:
+        """Keep the last ``keep`` epochs of ``head``'s history (and the bases they need);
+        delete every other epoch older than ``head`` (aborted attempts included). Returns the
+        deleted epochs."""
+        history = self.lineage(task, head)[: max(keep, 1)]
+        needed = {m.ref for m in history}
+        for m in history:
+            needed.update(x.ref for x in self._chain(task, m.ref))
+        deleted: list[EpochRef] = []
+        for m in self.manifests(task):
+            if m.ref in needed or m.ref >= head:
+                continue
             # The manifest goes first: from then on no reader considers the epoch.
-            self.fs.delete_file(f"{self.root}/{task}/{m.epoch:012d}{_MANIFEST}")
-            self.fs.delete_dir(f"{self.root}/{task}/{m.epoch:012d}")
-            deleted.append(m.epoch)
+            self.fs.delete_file(f"{self.root}/{task}/{epoch_name(m.ref)}{_MANIFEST}")
+            self.fs.delete_dir(f"{self.root}/{task}/{epoch_name(m.ref)}")
+            deleted.append(m.ref)
+        self._delete_unpublished(task, head, needed)
         return deleted
+
+    def _delete_unpublished(self, task: str, head: EpochRef, needed: set[EpochRef]) -> None:
+        """Remove directories of epochs older than ``head`` whose manifest never came."""
+        sel = pafs.FileSelector(f"{self.root}/{task}", allow_not_found=True)
+        for info in self.fs.get_file_info(sel):
+            if info.type != pafs.FileType.Directory:
+                continue
+            try:
+                epoch, attempt = (int(x) for x in info.base_name.split("-", 1))
+            except ValueError:
+                continue
+            ref = (epoch, attempt)
+            if ref < head and ref not in needed:
+                published = f"{info.path}{_MANIFEST}"
+                if self.fs.get_file_info(published).type == pafs.FileType.NotFound:
+                    self.fs.delete_dir(info.path)
 
 
 def rows_table(keys: list[Any], deleted: list[bool], columns: Mapping[str, list[Any]]) -> pa.Table:

@@ -37,16 +37,19 @@ def t(d: dict[str, int | None]):
 
 def test_epochs_round_trip_on_s3_with_deltas_and_gc(s3: pafs.S3FileSystem) -> None:
     store = CheckpointStore("s3://checkpoints/prod", "fraud", filesystem=s3)
-    store.write_epoch("1_3", 0, {"p[3]": 5}, {"w": t({"a": 1, "b": 1})}, full=True)
-    store.write_epoch("1_3", 1, {"p[3]": 9}, {"w": t({"a": 2, "b": None})}, full=False, base=0)
-    store.write_epoch("1_3", 2, {"p[3]": 12}, {"w": t({"a": 2, "c": 4})}, full=True)
-    m = store.committed("1_3", {"p[3]": 9})
-    assert m is not None and m.epoch == 1 and not m.full and m.base == 0
-    got = store.load("1_3", 1, "w")
+    e0 = store.write_epoch("1_3", (0, 1), {"p[3]": 5}, {"w": t({"a": 1, "b": 1})}, parent=None,
+                           full=True)  # fmt: skip
+    e1 = store.write_epoch("1_3", (1, 1), {"p[3]": 9}, {"w": t({"a": 2, "b": None})}, parent=e0,
+                           full=False)  # fmt: skip
+    store.write_epoch("1_3", (2, 1), {"p[3]": 12}, {"w": t({"a": 2, "c": 4})}, parent=e1,
+                      full=True)  # fmt: skip
+    m = store.manifest("1_3", (1, 1))
+    assert m.offsets == {"p[3]": 9} and not m.full and m.base == (0, 1)
+    got = store.load("1_3", (1, 1), "w")
     assert dict(zip(got["__key"].to_pylist(), got["n"].to_pylist(), strict=True)) == {"a": 2}
-    assert store.gc("1_3", keep=1) == [0, 1]
-    assert [m.epoch for m in store.manifests("1_3")] == [2]
+    assert store.gc("1_3", (2, 1), keep=1) == [(0, 1), (1, 1)]
+    assert [m.ref for m in store.manifests("1_3")] == [(2, 1)]
     names = {
         i.base_name for i in s3.get_file_info(pafs.FileSelector("checkpoints", recursive=True))
     }
-    assert f"{2:012d}.manifest.json" in names and f"{0:012d}.manifest.json" not in names
+    assert f"{2:012d}-1.manifest.json" in names and f"{0:012d}-1.manifest.json" not in names

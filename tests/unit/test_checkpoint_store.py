@@ -16,78 +16,89 @@ def rows(d: dict[str, int | None]):
     return rows_table(list(d), [v is None for v in d.values()], {"n": [v or 0 for v in d.values()]})
 
 
-def content(store: CheckpointStore, task: str, epoch: int) -> dict[str, int]:
-    t = store.load(task, epoch, "counts")
+def content(store: CheckpointStore, task: str, ref: tuple[int, int]) -> dict[str, int]:
+    t = store.load(task, ref, "counts")
     return dict(zip(t.column("__key").to_pylist(), t.column("n").to_pylist(), strict=True))
 
 
 def write_history(store: CheckpointStore) -> None:
-    store.write_epoch("0_0", 0, {"in[0]": 10}, {"counts": rows({"a": 1, "b": 2})}, full=True)
-    store.write_epoch("0_0", 1, {"in[0]": 20}, {"counts": rows({"a": 5})}, full=False, base=0)
-    store.write_epoch("0_0", 2, {"in[0]": 30}, {"counts": rows({"b": None, "c": 7})}, full=False,
-                      base=0)  # fmt: skip
-    store.write_epoch("0_0", 3, {"in[0]": 40}, {"counts": rows({"a": 5, "c": 8, "d": 1})},
-                      full=True)  # fmt: skip
-    store.write_epoch("0_0", 4, {"in[0]": 50}, {"counts": rows({"d": 2})}, full=False, base=3)
+    """Attempt 1 writes epochs 1-5 (a full at 4); epoch 6 of attempt 1 is aborted, attempt 2
+    redoes epoch 6 on top of epoch 5."""
+    w = store.write_epoch
+    e1 = w("0_0", (1, 1), {"in[0]": 10}, {"counts": rows({"a": 1, "b": 2})}, parent=None, full=True)
+    e2 = w("0_0", (2, 1), {"in[0]": 20}, {"counts": rows({"a": 5})}, parent=e1, full=False)
+    e3 = w("0_0", (3, 1), {"in[0]": 30}, {"counts": rows({"b": None, "c": 7})}, parent=e2,
+           full=False)  # fmt: skip
+    e4 = w("0_0", (4, 1), {"in[0]": 40}, {"counts": rows({"a": 5, "c": 8, "d": 1})}, parent=e3,
+           full=True)  # fmt: skip
+    e5 = w("0_0", (5, 1), {"in[0]": 50}, {"counts": rows({"d": 2})}, parent=e4, full=False)
+    w("0_0", (6, 1), {"in[0]": 61}, {"counts": rows({"a": 99})}, parent=e5, full=False)
+    w("0_0", (6, 2), {"in[0]": 58}, {"counts": rows({"e": 3})}, parent=e5, full=False)
 
 
 def test_deltas_apply_on_their_full_base_with_tombstones(tmp_path: Path) -> None:
     store = CheckpointStore(f"file://{tmp_path}", "app")
     write_history(store)
-    assert content(store, "0_0", 0) == {"a": 1, "b": 2}
-    assert content(store, "0_0", 1) == {"a": 5, "b": 2}
-    assert content(store, "0_0", 2) == {"a": 5, "c": 7}  # b deleted
-    assert content(store, "0_0", 4) == {"a": 5, "c": 8, "d": 2}
-    assert [m.epoch for m in store.manifests("0_0")] == [0, 1, 2, 3, 4]
+    assert content(store, "0_0", (1, 1)) == {"a": 1, "b": 2}
+    assert content(store, "0_0", (2, 1)) == {"a": 5, "b": 2}
+    assert content(store, "0_0", (3, 1)) == {"a": 5, "c": 7}  # b deleted
+    assert content(store, "0_0", (5, 1)) == {"a": 5, "c": 8, "d": 2}
+    assert [m.ref for m in store.manifests("0_0")] == [
+        (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (6, 2)
+    ]  # fmt: skip
 
 
-def test_recovery_finds_the_epoch_whose_offsets_kafka_committed(tmp_path: Path) -> None:
+def test_a_chain_follows_its_parents_never_an_aborted_sibling(tmp_path: Path) -> None:
     store = CheckpointStore(str(tmp_path), "app")
     write_history(store)
-    # Epoch 5 was written but its transaction aborted: Kafka still says 50.
-    store.write_epoch("0_0", 5, {"in[0]": 61}, {"counts": rows({"a": 99})}, full=False, base=3)
-    found = store.committed("0_0", {"in[0]": 50})
-    assert found is not None and found.epoch == 4
-    assert store.committed("0_0", {"in[0]": 45}) is None
+    # Epoch 6 of attempt 1 aborted (Kafka committed (6, 2)): its change to a is not seen.
+    assert content(store, "0_0", (6, 2)) == {"a": 5, "c": 8, "d": 2, "e": 3}
+    assert [m.ref for m in store.lineage("0_0", (6, 2))] == [
+        (6, 2), (5, 1), (4, 1), (3, 1), (2, 1), (1, 1)
+    ]  # fmt: skip
+    m = store.manifest("0_0", (6, 2))
+    assert m.offsets == {"in[0]": 58} and m.base == (4, 1) and m.parent == (5, 1)
 
 
 def test_an_epoch_without_its_manifest_is_invisible(tmp_path: Path) -> None:
     store = CheckpointStore(str(tmp_path), "app")
     write_history(store)
     # A writer that died after its Parquet files but before publishing the manifest.
-    half = tmp_path / "app" / "0_0" / f"{5:012d}"
+    half = tmp_path / "app" / "0_0" / f"{7:012d}-2"
     half.mkdir()
     pq.write_table(rows({"a": 1000}), half / "counts.parquet")
-    assert [m.epoch for m in store.manifests("0_0")] == [0, 1, 2, 3, 4]
-    with pytest.raises(CheckpointError, match="no published epoch 5"):
-        store.load("0_0", 5, "counts")
+    assert (7, 2) not in [m.ref for m in store.manifests("0_0")]
+    with pytest.raises(CheckpointError, match="no published epoch 7"):
+        store.load("0_0", (7, 2), "counts")
     assert not list((tmp_path / "app" / "0_0").glob("*.tmp"))
 
 
-def test_gc_keeps_what_the_latest_epochs_need(tmp_path: Path) -> None:
+def test_gc_keeps_what_the_latest_epochs_need_and_drops_aborted_ones(tmp_path: Path) -> None:
     store = CheckpointStore(str(tmp_path), "app")
     write_history(store)
-    assert store.gc("0_0", keep=2) == [0, 1, 2]  # epochs 3 and 4 need only base 3
-    assert content(store, "0_0", 4) == {"a": 5, "c": 8, "d": 2}
-    with pytest.raises(CheckpointError, match="no published epoch 1"):
-        store.load("0_0", 1, "counts")
-    assert store.gc("0_0", keep=2) == []
-    assert sorted(p.name for p in (tmp_path / "app" / "0_0").iterdir()) == [
-        f"{3:012d}",
-        f"{3:012d}.manifest.json",
-        f"{4:012d}",
-        f"{4:012d}.manifest.json",
-    ]
+    half = tmp_path / "app" / "0_0" / f"{3:012d}-9"  # never published, older than the head
+    half.mkdir()
+    deleted = store.gc("0_0", (6, 2), keep=2)
+    assert deleted == [(1, 1), (2, 1), (3, 1), (6, 1)]  # (6, 2) and (5, 1) need only base 4
+    assert content(store, "0_0", (6, 2)) == {"a": 5, "c": 8, "d": 2, "e": 3}
+    with pytest.raises(CheckpointError, match="no published epoch 2"):
+        store.load("0_0", (2, 1), "counts")
+    assert store.gc("0_0", (6, 2), keep=2) == []
+    names = [f"{4:012d}-1", f"{5:012d}-1", f"{6:012d}-2"]
+    assert sorted(p.name for p in (tmp_path / "app" / "0_0").iterdir()) == sorted(
+        [*names, *(n + ".manifest.json" for n in names)]
+    )
 
 
 def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:
     store = CheckpointStore(str(tmp_path), "app")
-    with pytest.raises(CheckpointError, match="full base"):
-        store.write_epoch("0_0", 1, {}, {"counts": rows({"a": 1})}, full=False)
+    with pytest.raises(CheckpointError, match="needs its parent"):
+        store.write_epoch("0_0", (1, 0), {}, {"counts": rows({"a": 1})}, parent=None, full=False)
     with pytest.raises(CheckpointError, match="__deleted"):
         import pyarrow as pa
 
-        store.write_epoch("0_0", 0, {}, {"counts": pa.table({"__key": ["a"]})}, full=True)
+        table = pa.table({"__key": ["a"]})
+        store.write_epoch("0_0", (1, 0), {}, {"counts": table}, parent=None, full=True)
     with pytest.raises(CheckpointError, match="cannot open"):
         CheckpointStore("nosuchscheme://x", "app")
     assert isinstance(store.fs, pafs.LocalFileSystem)
