@@ -236,6 +236,7 @@ class Coordinator:
             return {
                 "app": self.app,
                 "state": self._state,
+                "coordinator_node": ray.get_runtime_context().get_node_id(),
                 "bounded": self.bounded,
                 "started_at": self._started_at,
                 "assignments": {s: [str(t) for t in ts] for s, ts in self._assignments.items()},

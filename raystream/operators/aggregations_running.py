@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from raystream.errors import ConfigError
 from raystream.operators.aggregations import Aggregation, normalize_aggs
@@ -73,3 +74,11 @@ class RunningAggregateOperator(KeyedAggregateBase):
             self.store.put(key, (acc, t))
             rows.append((key, None, None, acc, t))
         return [self._result_batch(rows, windowed=False)]
+
+    def current(self) -> pa.Table:
+        """Every key's current aggregate: the key column and one column per aggregation."""
+        rows: list[ResultRow] = [(k, None, None, v[0], v[1]) for k, v in self.store.items()]
+        batch = self._result_batch(rows, windowed=False)
+        if batch is None:
+            return pa.table({self.key_name: pa.array([], self._key_type or pa.string())})
+        return pa.Table.from_batches([batch.data])
