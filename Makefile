@@ -18,8 +18,8 @@ demo: install
 	$(VENV)/bin/raystream demo
 
 lint: install
-	$(VENV)/bin/ruff check raystream tests jobs
-	$(VENV)/bin/ruff format --check raystream tests jobs
+	$(VENV)/bin/ruff check raystream tests jobs bench
+	$(VENV)/bin/ruff format --check raystream tests jobs bench
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -1,0 +1,325 @@
+"""The benchmark command: start a broker, prepare the input, run, verify, write the results.
+
+    python -m bench.run --records 1000000 --out bench/results/baseline.json
+    python -m bench.run --quick                       # 100,000 records
+    python -m bench.run --only 'baseline.w1.*' --repeat 3
+    python -m bench.run --list
+
+Every run writes to a fresh output topic and is verified by reading it back; a run whose output
+is wrong is reported as failed (exit status 1), however fast it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import importlib
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+
+from bench.registry import BENCHMARKS, Benchmark, Measurement, Result, RunContext, Verification
+from bench.verify import offsets_problems, verify_w1, verify_w2
+from bench.workload import Expected, Workload, WorkloadSpec, prepare
+from raystream._kafka.admin import Topics
+from raystream.config import KafkaConfig
+from raystream.dev.broker import EmbeddedBroker
+
+#: Modules whose import registers benchmarks (add more with ``--module``).
+MODULES = ("bench.baseline",)
+#: A single run taking longer than this is stopped and reported as failed.
+RUN_TIMEOUT_S = 900.0
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process, MiB.
+
+    Linux's ``VmHWM`` where there is one. ``getrusage().ru_maxrss`` is the fallback only: in a
+    spawned child it also counts the parent's RSS at fork time (Linux carries the pre-``exec``
+    peak over), so it would grow with whatever the runner holds.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _measure(bench: Benchmark, ctx: RunContext) -> Measurement:
+    m = bench.fn(ctx)
+    if m.peak_rss_mib is None:
+        m.peak_rss_mib = peak_rss_mib()
+    return m
+
+
+def _child(conn: Connection, bench: Benchmark, ctx: RunContext) -> None:
+    try:
+        conn.send(("ok", _measure(bench, ctx)))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def measure_isolated(
+    bench: Benchmark, ctx: RunContext, timeout: float = RUN_TIMEOUT_S
+) -> Measurement:
+    """Run ``bench`` in a freshly spawned process; return its measurement or raise."""
+    mp = multiprocessing.get_context("spawn")
+    parent, child = mp.Pipe(duplex=False)
+    proc = mp.Process(target=_child, args=(child, bench, ctx), name=f"bench:{bench.name}")
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            raise TimeoutError(f"{bench.name} did not finish in {timeout}s")
+        status, payload = parent.recv()
+    except EOFError:
+        raise RuntimeError(f"{bench.name}: the benchmark process died") from None
+    finally:
+        parent.close()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()  # our own child, by its pid
+            proc.join(5)
+    if status != "ok":
+        raise RuntimeError(f"{bench.name} failed:\n{payload}")
+    assert isinstance(payload, Measurement)
+    return payload
+
+
+def verify(
+    bench: Benchmark, ctx: RunContext, m: Measurement, workload: Workload, exp: Expected
+) -> Verification:
+    """Read the run's output back and compare it with ``exp``; also check committed offsets."""
+    n = workload.spec.records
+    if bench.kind == "raw":
+        ok = m.records_in == n
+        details = [] if ok else [f"consumed {m.records_in} records, expected {n}"]
+        return Verification(ok, n, m.records_in, max(n - m.records_in, 0), details=details)
+    isolation = "read_committed" if bench.guarantee == "exactly_once" else "read_uncommitted"
+    check = verify_w1 if bench.kind == "w1" else verify_w2
+    v = check(ctx.bootstrap, ctx.output_topic, exp, isolation)
+    problems: list[str] = []
+    if v.read != m.records_out:
+        problems.append(f"the run reported {m.records_out} outputs, {v.read} were read back")
+    if m.extra.get("aborted_transactions"):
+        problems.append(
+            f"{m.extra['aborted_transactions']} aborted transactions: their records are visible "
+            "on the embedded broker (BROKER.md quirk 2)"
+        )
+    if bench.check_offsets:
+        problems += offsets_problems(ctx.bootstrap, ctx.group_id, workload)
+    ok = v.ok and not problems
+    return dataclasses.replace(v, ok=ok, details=[*v.details, *problems])
+
+
+def run_one(
+    bench: Benchmark, bootstrap: str, workload: Workload, exp: Expected, repeat: int
+) -> Result:
+    """Create a fresh output topic, run ``bench`` on it, verify, and build its Result."""
+    tag = f"{bench.name}.{repeat}"
+    ctx = RunContext(
+        bootstrap=bootstrap,
+        workload=workload,
+        output_topic=f"bench.out.{tag}",
+        group_id=f"bench-{tag}",
+        transactional_id=f"bench-{tag}",
+        guarantee=bench.guarantee,
+    )
+    if bench.kind != "raw":
+        Topics(KafkaConfig(brokers=bootstrap)).ensure({ctx.output_topic: workload.partitions})
+    load = os.getloadavg()[0]
+    try:
+        m = measure_isolated(bench, ctx) if bench.isolate else _measure(bench, ctx)
+        t0 = time.perf_counter()
+        v = verify(bench, ctx, m, workload, exp)
+        m.extra["verify_s"] = round(time.perf_counter() - t0, 2)
+        error = None
+    except Exception as exc:
+        m = Measurement(0, 0, 0.0, 0.0)
+        v = Verification(False, 0, 0, details=[str(exc)])
+        error = str(exc)
+    return Result(
+        name=bench.name,
+        system=bench.system,
+        kind=bench.kind,
+        guarantee=bench.guarantee,
+        workers=bench.workers,
+        records_in=m.records_in,
+        records_out=m.records_out,
+        startup_s=round(m.startup_s, 3),
+        duration_s=round(m.duration_s, 3),
+        events_per_s=round(m.records_in / m.duration_s) if m.duration_s > 0 else 0,
+        peak_rss_mib=round(m.peak_rss_mib, 1) if m.peak_rss_mib is not None else None,
+        verification=v,
+        extra={**m.extra, "loadavg_1m_before": round(load, 2)},
+        repeat=repeat,
+        error=error,
+    )
+
+
+def table(results: Sequence[Result]) -> str:
+    """The results as a plain-text table."""
+    head = (
+        "benchmark",
+        "guarantee",
+        "workers",
+        "in",
+        "out",
+        "startup s",
+        "run s",
+        "events/s",
+        "RSS MiB",
+        "ok",
+    )
+    rows = [
+        (
+            r.name + (f" #{r.repeat}" if r.repeat else ""),
+            r.guarantee,
+            str(r.workers),
+            f"{r.records_in:,}",
+            f"{r.records_out:,}",
+            f"{r.startup_s:.2f}",
+            f"{r.duration_s:.2f}",
+            f"{r.events_per_s:,.0f}",
+            f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib is not None else "-",
+            "yes" if r.verification.ok else "NO",
+        )
+        for r in results
+    ]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
+    lines = [
+        "  ".join(
+            str(c).rjust(w) if i > 1 else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in (head, *rows)
+    ]
+    return "\n".join(lines)
+
+
+def summary(results: Sequence[Result]) -> dict[str, dict[str, Any]]:
+    """Per benchmark over its repetitions: median, min and max events/s, and whether all passed."""
+    names = dict.fromkeys(r.name for r in results)
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        runs = [r for r in results if r.name == name]
+        rates = [r.events_per_s for r in runs if r.verification.ok]
+        out[name] = {
+            "runs": len(runs),
+            "all_ok": len(rates) == len(runs),
+            "median_events_per_s": round(statistics.median(rates)) if rates else 0,
+            "min_events_per_s": min(rates, default=0),
+            "max_events_per_s": max(rates, default=0),
+            "median_startup_s": round(statistics.median(r.startup_s for r in runs), 3),
+        }
+    return out
+
+
+def select(patterns: Sequence[str] | None) -> list[Benchmark]:
+    """The registered benchmarks matching any of ``patterns`` (globs), in registration order."""
+    if not patterns:
+        return list(BENCHMARKS.values())
+    chosen = [b for b in BENCHMARKS.values() if any(fnmatch.fnmatch(b.name, p) for p in patterns)]
+    if not chosen:
+        raise SystemExit(f"no benchmark matches {list(patterns)}; try --list")
+    return chosen
+
+
+def _meta(
+    spec: WorkloadSpec, prep: dict[str, float], bootstrap: str, embedded: bool
+) -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "workload": dataclasses.asdict(spec),
+        "prepare": {k: round(v, 2) for k, v in prep.items()},
+        "broker": "embedded Tansu" if embedded else bootstrap,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "confluent_kafka": confluent_kafka.version(),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, run the benchmarks, write and print the results."""
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    ap.add_argument("--records", type=int, default=1_000_000, help="payments (default 1,000,000)")
+    ap.add_argument("--quick", action="store_true", help="shorthand for --records 100000")
+    ap.add_argument("--only", nargs="+", metavar="GLOB", help="run only these benchmarks")
+    ap.add_argument("--repeat", type=int, default=1, help="run each benchmark this many times")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--bootstrap", help="use this broker (fresh, no input topics) instead")
+    ap.add_argument("--module", action="append", default=[], help="import to register more")
+    ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = ap.parse_args(argv)
+    for mod in (*MODULES, *args.module):
+        importlib.import_module(mod)
+    chosen = select(args.only)
+    if args.list:
+        for b in chosen:
+            print(f"{b.name:28} {b.system:10} {b.kind:4} {b.guarantee:14} workers={b.workers}")
+        return 0
+    spec = WorkloadSpec(records=100_000 if args.quick else args.records)
+
+    broker = None if args.bootstrap else EmbeddedBroker().start()
+    try:
+        bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
+        print(f"broker {bootstrap}: preparing {spec.records:,} payments...", flush=True)
+        workload, exp, prep = prepare(bootstrap, spec)
+        print(f"prepared in {prep['prepare_s']:.1f}s", flush=True)
+        results: list[Result] = []
+        for bench in chosen:
+            for r in range(args.repeat):
+                res = run_one(bench, bootstrap, workload, exp, r)
+                results.append(res)
+                print(table([res]).splitlines()[1], flush=True)
+                for line in res.verification.details[:5]:
+                    print(f"    {line}", flush=True)
+        meta = _meta(spec, prep, bootstrap, broker is not None)
+    finally:
+        if broker is not None:
+            broker.stop()
+    print()
+    print(table(results))
+    summ = summary(results)
+    if args.repeat > 1:
+        print()
+        for name, s in summ.items():
+            print(
+                f"{name:28} median {s['median_events_per_s']:>10,} events/s "
+                f"(min {s['min_events_per_s']:,}, max {s['max_events_per_s']:,}, "
+                f"{s['runs']} runs{'' if s['all_ok'] else ', SOME FAILED'})"
+            )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "meta": meta,
+            "summary": summ,
+            "results": [dataclasses.asdict(r) for r in results],
+        }
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"\nwrote {args.out}")
+    return 0 if all(r.verification.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
