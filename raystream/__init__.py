@@ -15,6 +15,7 @@ from raystream.errors import (
     TopicNotFoundError,
     TopologyError,
     UserFunctionError,
+    ViewQueryError,
 )
 from raystream.operators.aggregations import (
     Aggregation,
@@ -29,11 +30,14 @@ from raystream.operators.aggregations import (
     min,
     sum,
 )
+from raystream.operators.process_context import ProcessContext, ProcessFunction
+from raystream.operators.timers import TimeDomain
 from raystream.operators.windows import hopping, session, sliding, tumbling
 from raystream.serde import JSON, Bytes, Serde, String
 from raystream.topology.grouped import GroupedStream, WindowedStream
 from raystream.topology.stream import Stream
 from raystream.topology.table import GlobalTable, Table
+from raystream.views.server import sql
 
 __version__ = "0.1.0"
 
@@ -50,6 +54,8 @@ __all__ = [
     "KafkaConfig",
     "KafkaError",
     "OperatorContractError",
+    "ProcessContext",
+    "ProcessFunction",
     "ProducerFencedError",
     "RaystreamError",
     "RunResult",
@@ -61,9 +67,11 @@ __all__ = [
     "Stream",
     "String",
     "Table",
+    "TimeDomain",
     "TopicNotFoundError",
     "TopologyError",
     "UserFunctionError",
+    "ViewQueryError",
     "WindowedStream",
     "__version__",
     "collect",
@@ -78,6 +86,7 @@ __all__ = [
     "min",
     "session",
     "sliding",
+    "sql",
     "sum",
     "tumbling",
 ]

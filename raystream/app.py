@@ -138,6 +138,27 @@ class App:
         self._running = RunningApp(self.name, the_plan, kafka, self.config, workers, bounded)
         return self._running
 
+    def sql(self, query: str, *, as_of: float | None = None) -> Any:
+        """Run one read-only SQL query over the running app's views; a ``pyarrow.Table``.
+
+        Every answer holds, for every task, one whole committed epoch. ``as_of`` (unix seconds):
+        the committed state at that moment, within the retained epochs (time travel). Besides
+        the views, ``raystream_epochs`` and ``raystream_offsets`` describe the snapshot.
+        """
+        return self._require_running().sql(query, as_of)
+
+    def views(self) -> list[dict[str, Any]]:
+        """The running app's views: name, columns, rows, epochs, freshness."""
+        return self._require_running().views()
+
+    def _require_running(self) -> RunningApp:
+        if self._running is None or self._running._ended:
+            raise RuntimeStateError(
+                f"app {self.name!r} is not running here: start it (app.start), or query a running "
+                "app from any driver with raystream.sql(app_name, query)"
+            )
+        return self._running
+
     def run(
         self,
         workers: int = 1,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -55,6 +55,16 @@ class RuntimeConfig:
     checkpoint_retain: int = 20
     #: A worker that has not committed for this long while running is replaced.
     stall_timeout_ms: int = 120_000
+    #: How often the view server reads the latest committed epochs of the views.
+    view_refresh_ms: int = 500
+    #: SQL over views: statement timeout and the most rows a result may have.
+    sql_timeout_ms: int = 10_000
+    sql_max_rows: int = 100_000
+    #: HTTP endpoint of the view server (GET/POST /sql, GET /views): port 0 picks a free one,
+    #: None turns it off. Bound anywhere but loopback it needs ``http_token``.
+    http_host: str = "127.0.0.1"
+    http_port: int | None = 0
+    http_token: str | None = None
     #: Most records fetched per poll of a worker (all its tasks together).
     max_batch_records: int = 10_000
     #: How long a poll waits for records when none are ready.
@@ -72,8 +82,19 @@ class RuntimeConfig:
     #: After this long without input, a task's watermark advances with processing time from the
     #: last event time seen, so an idle partition's windows still close. None: never.
     idle_timeout_ms: int | None = None
+    #: The app's Prometheus endpoint, served by its coordinator: port 0 picks a free one (see
+    #: ``raystream status``), None turns it off. Loopback by default; "0.0.0.0" for all.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 0
+    #: Also record every metric through ``ray.util.metrics`` (the Ray dashboard shows them).
+    ray_metrics: bool = True
+    #: Log level and format ("text" or "json") of raystream's loggers in worker processes;
+    #: every record carries the app, worker and task it concerns.
+    log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if not isinstance(self.guarantee, Guarantee):
             try:
                 object.__setattr__(self, "guarantee", Guarantee(self.guarantee))
@@ -104,12 +125,69 @@ class RuntimeConfig:
                 "stall_timeout_ms: must be at least 10 x commit_interval_ms, or healthy workers "
                 "would be replaced"
             )
+        if self.view_refresh_ms <= 0 or self.sql_timeout_ms <= 0 or self.sql_max_rows <= 0:
+            raise ConfigError("view_refresh_ms, sql_timeout_ms and sql_max_rows must be positive")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ConfigError("http_port: must be 0..65535 (0: a free port) or None (no HTTP)")
         if "{topic}" not in self.dlq_topic:
             raise ConfigError("dlq_topic: must contain '{topic}', e.g. '{topic}.dlq'")
+        _check_observability(self)
 
     def with_(self, **changes: Any) -> RuntimeConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+
+_SIMPLE_TYPES: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    bool: (bool,),
+    type(None): (type(None),),
+}
+
+
+def _check_types(cfg: RuntimeConfig) -> None:
+    """Refuse a value of the wrong type, naming the field (``commit_interval_ms="200"``)."""
+    import typing
+
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        hint = hints.get(f.name)
+        options = typing.get_args(hint) if typing.get_args(hint) else (hint,)
+        if not all(o in _SIMPLE_TYPES for o in options):
+            continue  # enums and the like check themselves
+        allowed = tuple(t for o in options for t in _SIMPLE_TYPES[o])
+        wrong_bool = isinstance(value, bool) and bool not in options
+        if wrong_bool or not isinstance(value, allowed):
+            want = " or ".join("None" if o is type(None) else o.__name__ for o in options)
+            raise ConfigError(f"{f.name}: must be {want}, got {value!r} ({type(value).__name__})")
+
+
+def _check_observability(cfg: RuntimeConfig) -> None:
+    import ipaddress
+    import re
+
+    if cfg.metrics_port is not None and not 0 <= cfg.metrics_port <= 65535:
+        raise ConfigError(
+            "metrics_port: must be 0..65535 (0: a free port) or None (no Prometheus endpoint)"
+        )
+    host = cfg.metrics_host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", host):
+            raise ConfigError(
+                f"metrics_host: {host!r} is not an IP address or host name; e.g. '127.0.0.1' "
+                "(this machine only) or '0.0.0.0' (every interface)"
+            ) from None
+    if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(
+            f"log_level: {cfg.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+        )
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: must be 'text' or 'json', got {cfg.log_format!r}")
 
 
 def dev_stack_environment(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:

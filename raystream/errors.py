@@ -8,11 +8,13 @@
     ├── SerdeError                  a payload cannot be encoded or decoded
     ├── KafkaError                  the broker refused or failed an operation
     │   ├── TopicNotFoundError      an input topic does not exist
+    │   ├── RecordTooLargeError     the producer refused a record over message.max.bytes
     │   └── ProducerFencedError     another instance took over this worker slot
     ├── CheckpointError             checkpoints cannot be written, found or read
     ├── DevStackError               the embedded broker or local Ray could not start or stop
     ├── RuntimeStateError           the app is not in a state that allows the call
-    └── UserFunctionError           a user function raised (wraps the original)
+    ├── UserFunctionError           a user function raised (wraps the original)
+    └── ViewQueryError              a SQL query over views was refused or failed
 
 Kafka, Ray and DuckDB errors are translated where they enter raystream, with ``raise ... from exc``.
 """
@@ -48,6 +50,11 @@ class TopicNotFoundError(KafkaError):
     """An input topic does not exist on the broker."""
 
 
+class RecordTooLargeError(KafkaError):
+    """An output record is larger than the producer's ``message.max.bytes``: its input record
+    goes to the dead-letter topic."""
+
+
 class ProducerFencedError(KafkaError):
     """A newer instance of this worker slot fenced this one; it must stop."""
 
@@ -70,3 +77,7 @@ class BinaryInputError(TopologyError):
 
 class CheckpointError(RaystreamError):
     """A checkpoint could not be written, found or read."""
+
+
+class ViewQueryError(RaystreamError):
+    """A SQL query over views was refused (not read-only, too big, too slow) or failed."""

@@ -155,14 +155,16 @@ class TopologyTestDriver:
         self._forward_internal()
 
     def advance_time(self, ms: int) -> None:
-        """Move the processing-time clock forward by ``ms``; with the app's ``idle_timeout_ms``
-        set, tasks idle that long let event time follow, as the workers do."""
+        """Move the processing-time clock forward by ``ms``: processing-time timers that became
+        due fire; with the app's ``idle_timeout_ms`` set, tasks idle that long let event time
+        follow, as the workers do."""
         self._clock += ms
         idle = self.app.config.idle_timeout_ms
-        if idle is not None:
-            for task in self._tasks.values():
+        for task in self._tasks.values():
+            if idle is not None:
                 task.check_idle(idle)
-            self._forward_internal()
+            task.tick()
+        self._forward_internal()
 
     def advance_watermark(self, watermark: int) -> None:
         """Tell every task that event time reached ``watermark``."""

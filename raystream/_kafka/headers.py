@@ -17,6 +17,10 @@ DLQ_OFFSET = "rs.source.offset"
 DLQ_TIMESTAMP = "rs.source.timestamp"
 DLQ_APP = "rs.app"
 DLQ_OPERATOR = "rs.operator"
+#: On a dead letter whose original value was too large to write again (the reason).
+DLQ_VALUE_OMITTED = "rs.value.omitted"
+#: On a record ``raystream dlq replay`` wrote back: ``<dlq topic>[<partition>]@<offset>``.
+REPLAYED_FROM = "rs.replayed.from"
 LATE_REASON = "rs.late.reason"
 
 

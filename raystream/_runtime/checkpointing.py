@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from raystream._runtime.task import TaskRunner
 from raystream.errors import CheckpointError
+from raystream.operators.view import ViewOperator
 from raystream.state.base import KeyedStore
 from raystream.state.checkpoint import (
     DELETED,
@@ -41,6 +42,11 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 def _dump(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=5)
+
+
+def view_store(view: str) -> str:
+    """The checkpoint store name of view ``view`` (typed rows SQL reads directly)."""
+    return f"view.{view}"
 
 
 def store_name(operator: str, index: int) -> str:
@@ -65,8 +71,12 @@ class TaskCheckpointer:
         return any(op.snapshot(with_stores=False) is not None for _, op in self._ops)
 
     def dirty(self) -> bool:
-        """Whether any keyed store changed since the last epoch written."""
-        return any(s.dirty_keys() for _, op in self._ops for s in op.state_stores())
+        """Whether any keyed store (or view) changed since the last epoch written."""
+        return any(
+            s.dirty_keys()
+            for _, op in self._ops
+            for s in ((op.rows,) if isinstance(op, ViewOperator) else op.state_stores())
+        )
 
     def write(self, ref: EpochRef, offsets: dict[str, int]) -> EpochManifest:
         """Write epoch ``ref`` (changes since the last one, or everything when it is time to
@@ -81,6 +91,9 @@ class TaskCheckpointer:
                 continue
             meta_keys.append(_dump(name))
             meta_values.append(_dump(snap))
+            if isinstance(op, ViewOperator):
+                tables[view_store(op.view)] = op.view_rows(full)
+                continue
             for i, kv in enumerate(op.state_stores()):
                 tables[store_name(name, i)] = _rows(kv, full)
         tables[META] = _table(meta_keys, [False] * len(meta_keys), meta_values)
@@ -110,6 +123,11 @@ class TaskCheckpointer:
                         "the topology changed? Operators are matched by name: keep names stable "
                         "(name=...) or start the app under a new name"
                     )
+                continue
+            if isinstance(op, ViewOperator):
+                vname = view_store(op.view)
+                table = self.store.load(task, ref, vname) if vname in available else None
+                op.restore_view(table, meta.pop(name))
                 continue
             items = []
             for i, _ in enumerate(op.state_stores()):

@@ -184,6 +184,10 @@ class Coordinator:
             slot, attempt, tasks, ends, dict(self._partitions), dict(self._task_index), generation
         )
 
+    def task_order(self) -> list[TaskId]:
+        """Every task, in the order that gives each its epoch-marker partitions."""
+        return sorted(self._task_index, key=self._task_index.__getitem__)
+
     def known_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """End offsets of ``partitions`` known so far in a bounded run. An internal topic's end
         becomes known once every task of every sub-topology writing it has finished."""

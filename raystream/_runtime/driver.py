@@ -97,7 +97,71 @@ class RunningApp:
             if cause is not None:
                 raise cause from None
             raise
+        self._views: Any = None
+        if any(getattr(s, "kind", "") == "view" for s in plan.graph.nodes.values()):
+            self._views = self._start_views(app, plan, kafka, runtime)
         self._ended = False
+
+    def _start_views(self, app: str, plan: Plan, kafka: KafkaConfig, runtime: RuntimeConfig) -> Any:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from raystream.views.server import ViewServer, view_server_name
+
+        tasks = ray.get(self._coord.task_order.remote())
+        actor: Any = ray.remote(ViewServer)
+        server = actor.options(
+            name=view_server_name(app),
+            namespace=NAMESPACE,
+            num_cpus=0,
+            max_restarts=3,
+            max_concurrency=16,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node_id=ray.get_runtime_context().get_node_id(), soft=True
+            ),
+        ).remote(app, plan, tasks, kafka, runtime)
+        try:
+            ray.get(server.info.remote())
+        except ray.exceptions.RayActorError as exc:
+            self._kill()
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, RaystreamError):
+                raise cause from None
+            raise
+        return server
+
+    def sql(self, query: str, as_of: float | None = None) -> Any:
+        """Run SQL over the app's views (see :meth:`raystream.App.sql`)."""
+        import ray
+
+        from raystream.errors import ViewQueryError
+
+        if self._views is None:
+            raise RuntimeStateError("this app materializes no view: add .materialize(name)")
+        try:
+            return ray.get(self._views.sql.remote(query, as_of))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, ViewQueryError):
+                raise exc.cause from None
+            raise
+
+    def views(self) -> list[dict[str, Any]]:
+        """The app's views: name, columns, rows, epochs, freshness."""
+        import ray
+
+        if self._views is None:
+            return []
+        out: list[dict[str, Any]] = ray.get(self._views.views.remote())
+        return out
+
+    def view_info(self) -> dict[str, Any]:
+        """Where the view server's HTTP endpoint listens (``http``), and its last error."""
+        import ray
+
+        if self._views is None:
+            return {}
+        info: dict[str, Any] = ray.get(self._views.info.remote())
+        return info
 
     def wait(self, timeout: float | None = None) -> str:
         """Wait until the app finishes (bounded), fails or ``timeout`` passes; returns its state."""
@@ -155,6 +219,13 @@ class RunningApp:
         import ray
 
         self._ended = True
+        views = getattr(self, "_views", None)
+        if views is not None:
+            try:
+                ray.get(views.close.remote(), timeout=10)
+            except Exception:  # gone already
+                log.debug("view server of %s already gone", self.app)
+            ray.kill(views, no_restart=True)
         try:
             ray.kill(self._coord, no_restart=True)
         except Exception:  # already gone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from raystream.topology.plan import TaskId
 
@@ -45,3 +46,7 @@ class WorkerReport:
     last_error: str | None = None
     fatal: bool = False
     committed_at: float = 0.0
+    #: The worker's metric series, cumulative (a ``raystream.metrics.recorder.Snapshot``).
+    metrics: dict[str, Any] = field(default_factory=dict)
+    #: The latest Kafka client error while the broker looks unreachable (None: it works).
+    broker_error: str | None = None

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException, Producer
 from raystream._kafka.clients import producer
 from raystream._kafka.headers import Headers
 from raystream.config import KafkaConfig
-from raystream.errors import KafkaError, ProducerFencedError
+from raystream.errors import KafkaError, ProducerFencedError, RecordTooLargeError
 
 
 class Sink(Protocol):
@@ -97,6 +97,8 @@ class OutputSink:
                 break
             except BufferError:
                 self.producer.poll(0.05)
+            except KafkaException as exc:
+                raise _produce_error(topic, value, exc) from exc
         self.sent += 1
 
     def poll(self) -> None:
@@ -114,6 +116,18 @@ class OutputSink:
             )
         if remaining:
             raise KafkaError(f"{remaining} output record(s) still unacknowledged after {timeout}s")
+
+
+def _produce_error(topic: str, value: bytes | None, exc: KafkaException) -> KafkaError:
+    err = exc.args[0] if exc.args else None
+    code = err.code() if err is not None else None
+    if code == _RdKafkaError.MSG_SIZE_TOO_LARGE:
+        return RecordTooLargeError(
+            f"a record of {len(value or b'')} bytes for {topic!r} is larger than the producer's "
+            "message.max.bytes: it is dead-lettered; raise message.max.bytes (and the topic's "
+            "max.message.bytes) in producer_config if such records are expected"
+        )
+    return KafkaError(f"cannot produce to {topic!r}: {exc}")
 
 
 def _txn_error(what: str, exc: KafkaException) -> KafkaError:

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 
 from raystream._kafka import headers as hdr
 from raystream._runtime.output import Sink
-from raystream.errors import SerdeError
+from raystream.errors import RecordTooLargeError, SerdeError
+from raystream.metrics.logcontext import bind_task, unbind_task
 from raystream.operators.base import Batch, Operator, RecordFailure, TaskContext
 from raystream.operators.joins_base import (
     TOMBSTONE,
@@ -58,6 +59,19 @@ class TaskCounters:
     dead_letters: int = 0
     by_operator_in: dict[str, int] = field(default_factory=dict)
     by_operator_out: dict[str, int] = field(default_factory=dict)
+    # -- read (and drained) by raystream.metrics.worker.WorkerMetrics ----------------------
+    #: Dead letters by (operator, error class); late records by operator.
+    dead_by: dict[tuple[str, str], int] = field(default_factory=dict)
+    late_by: dict[str, int] = field(default_factory=dict)
+    #: Seconds each micro-batch took in :meth:`TaskRunner.process`, since the last report.
+    batch_seconds: list[float] = field(default_factory=list)
+    #: Kafka timestamps of the records processed since the last commit (end-to-end latency);
+    #: at most :data:`MAX_PENDING_TIMESTAMPS` batches are kept.
+    timestamps: list[list[int]] = field(default_factory=list)
+
+
+#: Batches whose timestamps a task keeps for the end-to-end latency metric between commits.
+MAX_PENDING_TIMESTAMPS = 256
 
 
 class TaskRunner:
@@ -102,6 +116,7 @@ class TaskRunner:
         #: (tables are re-read from the start): their dead letters were written already.
         self.replayed_below: dict[tuple[str, int], int] = {}
         self.global_topics = set(sub.global_topics)
+        self._task_name = str(task)
         ctx = TaskContext(
             app=app,
             task=str(task),
@@ -133,8 +148,12 @@ class TaskRunner:
             incoming.partition = self.task.partition
         self._current = incoming
         self._raw_index = {off: i for i, off in enumerate(incoming.offsets)}
+        started = time.perf_counter()
+        log_token = bind_task(self._task_name)
         try:
             self.counters.records_in += len(incoming.values)
+            if len(self.counters.timestamps) < MAX_PENDING_TIMESTAMPS:
+                self.counters.timestamps.append(incoming.timestamps)
             self.last_input_ms = self._clock_ms()
             for node, spec in self.sources.get(incoming.topic, []):
                 batch = self._decode(spec, incoming)
@@ -147,6 +166,8 @@ class TaskRunner:
                     self._emit(node, [batch])
         finally:
             self._current = None
+            unbind_task(log_token)
+            self.counters.batch_seconds.append(time.perf_counter() - started)
 
     def _decode(self, spec: SourceSpec, inc: Incoming) -> Batch:
         if spec.changelog and any(v is None for v in inc.values):
@@ -284,6 +305,15 @@ class TaskRunner:
             if op is not None:
                 self._emit(node, op.on_watermark(watermark))
 
+    def tick(self) -> None:
+        """Tell every operator the processing time (processing-time timers fire); push what that
+        emits. Call it on every poll loop, between batches."""
+        now = self._clock_ms()
+        for node in self.order:
+            op = self.operators.get(node)
+            if op is not None:
+                self._emit(node, op.on_processing_time(now))
+
     # -- output ------------------------------------------------------------------------------
     def _write(self, sink: SinkSpec, batch: Batch, node_id: int) -> None:
         data = batch.data
@@ -298,16 +328,44 @@ class TaskRunner:
         stamps = batch.timestamps.to_pylist()
         headers = self.provenance()
         if sink.late:
+            late_op = self.late_parent.get(node_id, "?")
             headers = [
                 *headers,
                 (hdr.LATE_REASON, b"window closed: watermark passed window end + grace"),
-                (hdr.DLQ_OPERATOR, self.late_parent.get(node_id, "?").encode()),
+                (hdr.DLQ_OPERATOR, late_op.encode()),
             ]
+            self.counters.late_by[late_op] = self.counters.late_by.get(late_op, 0) + len(values)
         send = self.out.send
         topic = sink.topic
-        for v, k, ts in zip(values, keys, stamps, strict=True):
-            send(topic, v, k, ts, headers)
-        self.counters.records_out += len(values)
+        refused = 0
+        for i, (v, k, ts) in enumerate(zip(values, keys, stamps, strict=True)):
+            try:
+                send(topic, v, k, ts, headers)
+            except RecordTooLargeError as exc:
+                refused += 1
+                self._too_large(batch, i, self.names[node_id], exc)
+        self.counters.records_out += len(values) - refused
+
+    def _too_large(self, batch: Batch, i: int, sink: str, exc: RecordTooLargeError) -> None:
+        """An output record the producer refused as too large: dead-letter the input record it
+        came from (its original bytes), or, for a derived record (a window result), a record
+        without value whose headers say what happened."""
+        offset = batch.offsets[i].as_py()
+        failure = RecordFailure.from_exception(sink, exc, offset)
+        inc = self._current
+        if inc is not None and offset is not None and offset in self._raw_index:
+            self._write_dead_letter(inc, self._raw_index[offset], failure)
+            return
+        topic = next(iter(self.sources), "?")
+        derived = Incoming(
+            topic,
+            [None],
+            encode_keys(batch.keys.slice(i, 1)),
+            [batch.timestamps[i].as_py() or 0],
+            [-1],
+            self.task.partition,
+        )
+        self._write_dead_letter(derived, 0, failure)
 
     def _on_failure(self, failure: RecordFailure) -> None:
         inc = self._current
@@ -343,14 +401,15 @@ class TaskRunner:
             (hdr.DLQ_OPERATOR, f.operator.encode()),
             *self.provenance(),
         ]
-        self.out.send(
-            self.dlq_topic(inc.topic),
-            inc.values[index],
-            inc.keys[index],
-            inc.timestamps[index],
-            headers,
-        )
+        dlq = self.dlq_topic(inc.topic)
+        try:
+            self.out.send(dlq, inc.values[index], inc.keys[index], inc.timestamps[index], headers)
+        except RecordTooLargeError as exc:  # the original bytes cannot go: keep the headers
+            headers.append((hdr.DLQ_VALUE_OMITTED, str(exc).encode()))
+            self.out.send(dlq, None, inc.keys[index], inc.timestamps[index], headers)
         self.counters.dead_letters += 1
+        by = (f.operator, f.error_class)
+        self.counters.dead_by[by] = self.counters.dead_by.get(by, 0) + 1
         log.warning(
             "task %s: record %s[%d]@%d dead-lettered by %s: %s",
             self.task,

@@ -10,6 +10,7 @@ output port (most have one; ``branch`` has one per branch; windows add a late-da
 from __future__ import annotations
 
 import hashlib
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raystream.errors import TopologyError, UserFunctionError
 from raystream.state.base import KeyedStore
 
 Row = dict[str, Any]
@@ -154,6 +156,79 @@ class RecordFailure:
         )
 
 
+ON_ERROR_ACTIONS = ("dead_letter", "retry", "fail")
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What an operator does when its user function raises on a record (``on_error=``).
+
+    - ``"dead_letter"`` (default): the record goes to the dead-letter topic, the rest go on;
+    - ``"retry"`` (or ``"retry:N"``): call the function again up to ``retries`` times, waiting
+      ``backoff_ms`` (doubled each time, at most ``max_backoff_ms``), then dead-letter it;
+    - ``"fail"``: stop the app (a :class:`~raystream.errors.UserFunctionError` naming the
+      operator); nothing of the failed epoch is committed.
+    """
+
+    action: str = "dead_letter"
+    retries: int = 3
+    backoff_ms: int = 100
+    max_backoff_ms: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.action not in ON_ERROR_ACTIONS:
+            raise TopologyError(
+                f"on_error: {self.action!r} is not one of {list(ON_ERROR_ACTIONS)} "
+                "(or 'retry:N', or an ErrorPolicy)"
+            )
+        if self.retries < 0 or self.backoff_ms < 0 or self.max_backoff_ms < self.backoff_ms:
+            raise TopologyError(
+                "on_error: retries and backoff_ms must be >= 0 and max_backoff_ms >= backoff_ms"
+            )
+
+    @staticmethod
+    def of(value: str | ErrorPolicy | None) -> ErrorPolicy:
+        """A policy from ``on_error=``: a policy, an action name, or ``"retry:N"``."""
+        if value is None:
+            return ErrorPolicy()
+        if isinstance(value, ErrorPolicy):
+            return value
+        if isinstance(value, str) and value.startswith("retry:"):
+            count = value.partition(":")[2]
+            if not count.isdigit():
+                raise TopologyError(f"on_error: {value!r}: write 'retry:N' with N a number")
+            return ErrorPolicy("retry", retries=int(count))
+        if not isinstance(value, str):
+            raise TopologyError(f"on_error: expected a string or an ErrorPolicy, got {value!r}")
+        return ErrorPolicy(value)
+
+    def call(
+        self, fn: Callable[..., Any], *args: Any, sleep: Callable[[float], None] = time.sleep
+    ) -> Any:
+        """``fn(*args)``, called again after a backoff while it raises and retries remain; the
+        last exception propagates."""
+        attempts = 1 + (self.retries if self.action == "retry" else 0)
+        delay = self.backoff_ms
+        for attempt in range(attempts):
+            try:
+                return fn(*args)
+            except Exception:
+                if attempt + 1 >= attempts:
+                    raise
+                sleep(delay / 1000.0)
+                delay = min(delay * 2, self.max_backoff_ms)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def failed(self, operator: str, exc: BaseException) -> None:
+        """Called once a record has failed for good: raises when the policy is ``"fail"``."""
+        if self.action == "fail":
+            raise UserFunctionError(
+                f"operator {operator!r} failed on a record and its on_error policy is 'fail', so "
+                f"the app stops: {type(exc).__name__}: {exc}. Fix the function (or use "
+                "on_error='dead_letter'), then run the app again: it resumes from its last commit"
+            ) from exc
+
+
 @dataclass
 class TaskContext:
     """What an operator may see of its task: identity, a failure sink and an injectable clock."""
@@ -180,6 +255,11 @@ class Operator(ABC):
 
     def on_watermark(self, watermark: int) -> Sequence[Batch | None]:
         """The task's watermark advanced to ``watermark`` (ms); emit what it closes."""
+        return ()
+
+    def on_processing_time(self, now_ms: int) -> Sequence[Batch | None]:
+        """The processing clock reads ``now_ms`` (called often, between batches); emit what
+        became due, e.g. processing-time timers."""
         return ()
 
     def state_stores(self) -> Sequence[KeyedStore]:

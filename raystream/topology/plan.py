@@ -146,9 +146,11 @@ def plan(graph: Graph) -> Plan:
                 "stream.join(global_table, on=field)"
             )
         sinks = tuple(sorted({s.topic for i in ids if isinstance(s := graph.nodes[i], SinkSpec)}))
-        if not sinks:
+        views = [i for i in ids if getattr(graph.nodes[i], "kind", "") == "view"]
+        if not sinks and not views:
             raise TopologyError(
-                f"stream(s) from {list(sources)} lead nowhere: end them with .to(topic)"
+                f"stream(s) from {list(sources)} lead nowhere: end them with .to(topic) or "
+                ".materialize(view)"
             )
         overlap = (set(sources) | set(globals_)) & set(sinks)
         if overlap:

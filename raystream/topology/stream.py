@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 import pyarrow as pa
 
@@ -13,6 +13,7 @@ from raystream.operators.joins_base import DEFAULT_RIGHT_PREFIX
 from raystream.operators.joins_stream import StreamStreamJoinSpec
 from raystream.operators.joins_table import GlobalTableJoinSpec, StreamTableJoinSpec
 from raystream.operators.joins_versioned import VersionedTableJoinSpec
+from raystream.operators.process import ProcessSpec
 from raystream.operators.rekey import KeyBySpec
 from raystream.operators.stateless import (
     BranchSpec,
@@ -21,8 +22,9 @@ from raystream.operators.stateless import (
     MapBatchesSpec,
     MapSpec,
 )
+from raystream.operators.view import ViewSpec, check_view_name
 from raystream.serde import JSON, Serde
-from raystream.timeutil import Duration
+from raystream.timeutil import Duration, parse_duration
 from raystream.topology.grouped import GroupedStream
 from raystream.topology.nodes import Graph, SinkSpec, SourceSpec
 from raystream.topology.table import GlobalTable, Table, same_app
@@ -92,6 +94,56 @@ class Stream:
         spec = BranchSpec(tuple(predicates), default)
         node = self._then(spec, name)._node
         return tuple(Stream(self._app, node, port, self._key_field) for port in range(spec.ports))
+
+    @overload
+    def process(
+        self,
+        function: Any,
+        *,
+        on_timer: Callable[..., Any] | None = None,
+        outputs: None = None,
+        out_of_orderness: Duration = 0,
+        name: str | None = None,
+    ) -> Stream: ...
+
+    @overload
+    def process(
+        self,
+        function: Any,
+        *,
+        on_timer: Callable[..., Any] | None = None,
+        outputs: Sequence[str],
+        out_of_orderness: Duration = 0,
+        name: str | None = None,
+    ) -> tuple[Stream, ...]: ...
+
+    def process(
+        self,
+        function: Any,
+        *,
+        on_timer: Callable[..., Any] | None = None,
+        outputs: Sequence[str] | None = None,
+        out_of_orderness: Duration = 0,
+        name: str | None = None,
+    ) -> Stream | tuple[Stream, ...]:
+        """Run a keyed process function: per-key state, event- and processing-time timers, and
+        records emitted to one or several outputs (Flink's ``KeyedProcessFunction``).
+
+        ``function`` is a :class:`raystream.ProcessFunction` subclass (one instance per task),
+        an instance of one (deep-copied per task), or a plain ``fn(ctx, key, value)`` (with
+        ``on_timer=fn(ctx, key, timestamp, domain)`` when it registers timers). Records are
+        handled one by one, in order per key; a call that raises changes nothing and its record
+        goes to the dead-letter topic. The watermark is the largest event time seen minus
+        ``out_of_orderness``. With ``outputs=("a", "b")`` it returns one stream per name (emit
+        with ``ctx.emit(value, to="a")``); otherwise one stream. Output keys are what the
+        function emits, so they are not assumed to be any field (``group_by`` re-keys).
+        """
+        spec = ProcessSpec.of(
+            function, on_timer=on_timer, outputs=outputs, out_of_orderness=out_of_orderness
+        )
+        node = self._then(spec, name)._node
+        streams = tuple(Stream(self._app, node, port) for port in range(spec.ports))
+        return streams if outputs is not None else streams[0]
 
     def join(
         self,
@@ -233,6 +285,22 @@ class Stream:
         if partitions is not None and partitions <= 0:
             raise TopologyError(f"to({topic!r}): partitions must be positive")
         self._graph.add(SinkSpec(topic, value or JSON(), partitions), (self._node, self._port))
+
+    def materialize(
+        self, view: str, *, retention: Duration | None = None, name: str | None = None
+    ) -> Stream:
+        """Keep the latest row per key (per key and window for window aggregates) as view
+        ``view``, queryable with SQL (``app.sql``, ``raystream sql``) at every committed epoch.
+
+        ``retention``: for windowed rows, forget windows that ended that long before the
+        watermark. Returns this stream, so the flow can go on.
+        """
+        spec = ViewSpec(
+            check_view_name(view),
+            self._key_field or "key",
+            None if retention is None else parse_duration(retention, "retention"),
+        )
+        return self._then(spec, name)
 
 
 def _no_window(join: str, *args: Any) -> None:

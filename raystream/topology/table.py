@@ -13,6 +13,7 @@ import pyarrow as pa
 from raystream.errors import TopologyError
 from raystream.operators.joins_base import DEFAULT_RIGHT_PREFIX
 from raystream.operators.joins_table_table import TableTableJoinSpec
+from raystream.operators.view import ViewSpec, check_view_name
 from raystream.serde import JSON, Serde
 from raystream.topology.nodes import Graph, SinkSpec, SourceSpec
 
@@ -77,6 +78,15 @@ class Table:
         if partitions is not None and partitions <= 0:
             raise TopologyError(f"to({topic!r}): partitions must be positive")
         self._graph.add(SinkSpec(topic, value or JSON(), partitions), (self._node, self._port))
+
+    def materialize(self, view: str, *, name: str | None = None) -> Table:
+        """Make the table queryable with SQL as view ``view`` (its rows at every committed
+        epoch). Returns this table."""
+        if name is not None and name in self._graph.names.values():
+            raise TopologyError(f"operator name {name!r} is used twice: names must be unique")
+        spec = ViewSpec(check_view_name(view), self._key_field or "key")
+        node = self._graph.add(spec, (self._node, self._port), name)
+        return type(self)(self._app, node, 0, self._key_field, self._schema)
 
 
 class GlobalTable(Table):
