@@ -11,11 +11,15 @@ Register a benchmark with :func:`register`; ``python -m bench.run`` runs every r
     @register("raystream.w1.eos.4w", kind="w1", guarantee="exactly_once", system="raystream",
               workers=4)
     def raystream_w1_eos_4(ctx: RunContext) -> Measurement: ...
+
+Kinds ``w3`` (latency at a fixed input rate) and ``w4`` (recovery after a SIGKILL) make their
+own input and check their own output while they run: they return a :class:`Verification` in
+``Measurement.verification``, which the runner takes as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,8 +27,9 @@ from bench.workload import Workload
 
 #: What a benchmark computes, which decides how its output is verified.
 #: ``raw``: consume and count (no output topic); ``w1``: per-customer 10 s tumbling count and sum;
-#: ``w2``: every payment enriched with its customer profile.
-Kind = Literal["raw", "w1", "w2"]
+#: ``w2``: every payment enriched with its customer profile; ``w3``: W1 + W2 at a fixed input
+#: rate, end-to-end latency; ``w4``: recovery of a worker holding many keys of window state.
+Kind = Literal["raw", "w1", "w2", "w3", "w4"]
 
 #: The processing guarantee; ``none`` for runs that produce nothing (raw consume).
 Guarantee = Literal["none", "at_least_once", "exactly_once"]
@@ -44,6 +49,9 @@ class RunContext:
     guarantee: Guarantee
     #: Commit interval (ALOS: flush + offset commit; EOS: transaction length).
     commit_interval_ms: int = 200
+    #: Run settings from the command line that some kinds read (``w3``: ``rate``,
+    #: ``duration_s``; ``w4``: ``keys``).
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,6 +72,8 @@ class Measurement:
     peak_rss_mib: float | None = None
     #: Free-form numbers worth keeping (commits, transactions, late records, table load time).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Set by benchmarks that check their own output (kinds ``w3`` and ``w4``).
+    verification: Verification | None = None
 
 
 @dataclass(frozen=True)

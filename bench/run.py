@@ -1,8 +1,8 @@
 """The benchmark command: start a broker, prepare the input, run, verify, write the results.
 
-    python -m bench.run --records 1000000 --out bench/results/baseline.json
-    python -m bench.run --quick                       # 100,000 records
-    python -m bench.run --only 'baseline.w1.*' --repeat 3
+    python -m bench.run                               # everything: 1M records, W3 60 s, W4 1M keys
+    python -m bench.run --quick                       # 100k records, W3 15 s, W4 100k keys
+    python -m bench.run --only 'baseline.w1.*' 'raystream.w1.*' --repeat 3
     python -m bench.run --list
 
 Every run writes to a fresh output topic and is verified by reading it back; a run whose output
@@ -39,7 +39,7 @@ from raystream.config import KafkaConfig
 from raystream.dev.broker import EmbeddedBroker
 
 #: Modules whose import registers benchmarks (add more with ``--module``).
-MODULES = ("bench.baseline",)
+MODULES = ("bench.baseline", "bench.raystream_runs")
 #: A single run taking longer than this is stopped and reported as failed.
 RUN_TIMEOUT_S = 900.0
 
@@ -107,7 +107,10 @@ def measure_isolated(
 def verify(
     bench: Benchmark, ctx: RunContext, m: Measurement, workload: Workload, exp: Expected
 ) -> Verification:
-    """Read the run's output back and compare it with ``exp``; also check committed offsets."""
+    """Read the run's output back and compare it with ``exp``; also check committed offsets.
+    Benchmarks that check their own output (W3, W4) hand in their verification."""
+    if m.verification is not None:
+        return m.verification
     n = workload.spec.records
     if bench.kind == "raw":
         ok = m.records_in == n
@@ -131,7 +134,12 @@ def verify(
 
 
 def run_one(
-    bench: Benchmark, bootstrap: str, workload: Workload, exp: Expected, repeat: int
+    bench: Benchmark,
+    bootstrap: str,
+    workload: Workload,
+    exp: Expected,
+    repeat: int,
+    params: dict[str, Any] | None = None,
 ) -> Result:
     """Create a fresh output topic, run ``bench`` on it, verify, and build its Result."""
     tag = f"{bench.name}.{repeat}"
@@ -142,6 +150,7 @@ def run_one(
         group_id=f"bench-{tag}",
         transactional_id=f"bench-{tag}",
         guarantee=bench.guarantee,
+        params=dict(params or {}),
     )
     if bench.kind != "raw":
         Topics(KafkaConfig(brokers=bootstrap)).ensure({ctx.output_topic: workload.partitions})
@@ -204,15 +213,138 @@ def table(results: Sequence[Result]) -> str:
         )
         for r in results
     ]
+    return render(head, rows, left=2)
+
+
+def render(head: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> str:
+    """A plain-text table; the first ``left`` columns are left-aligned."""
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
     lines = [
         "  ".join(
-            str(c).rjust(w) if i > 1 else str(c).ljust(w)
+            str(c).rjust(w) if i >= left else str(c).ljust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in (head, *rows)
     ]
     return "\n".join(lines)
+
+
+def _fmt(v: Any, spec: str = ",.0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def comparison(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """Every W1/W2 run of another system against the baseline measured in the same invocation:
+    events/s over the baseline's median for the same workload and guarantee, and over the
+    median raw consume rate."""
+    good = [r for r in results if r.verification.ok and r.events_per_s > 0]
+
+    def median(rs: list[Result]) -> float | None:
+        return statistics.median(r.events_per_s for r in rs) if rs else None
+
+    raw = median([r for r in good if r.name == "baseline.raw"])
+    rows = []
+    for r in results:
+        if r.system == "baseline" or r.kind not in ("w1", "w2"):
+            continue
+        base = median(
+            [
+                r2
+                for r2 in good
+                if r2.system == "baseline" and (r2.kind, r2.guarantee) == (r.kind, r.guarantee)
+            ]
+        )
+        ok = r.verification.ok and r.events_per_s > 0
+        rows.append(
+            {
+                "name": r.name,
+                "repeat": r.repeat,
+                "workers": r.workers,
+                "events_per_s": r.events_per_s,
+                "baseline_events_per_s": base and round(base),
+                "vs_baseline": round(r.events_per_s / base, 3) if ok and base else None,
+                "vs_raw": round(r.events_per_s / raw, 4) if ok and raw else None,
+                "startup_s": r.startup_s,
+                "peak_rss_mib": r.peak_rss_mib,
+                "ok": r.verification.ok,
+            }
+        )
+    return rows
+
+
+def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`comparison` as text."""
+    head = ("run", "events/s", "baseline", "x baseline", "x raw", "startup s", "RSS/worker", "ok")
+    return render(
+        head,
+        [
+            (
+                r["name"] + (f" #{r['repeat']}" if r["repeat"] else ""),
+                _fmt(r["events_per_s"]),
+                _fmt(r["baseline_events_per_s"]),
+                _fmt(r["vs_baseline"], ".2f"),
+                _fmt(r["vs_raw"], ".3f"),
+                _fmt(r["startup_s"], ".1f"),
+                _fmt(r["peak_rss_mib"]),
+                "yes" if r["ok"] else "NO",
+            )
+            for r in rows
+        ],
+    )
+
+
+def latency_table(results: Sequence[Result]) -> str:
+    """W3 runs: achieved input rate and end-to-end latency of W2 and W1 results."""
+    rows = []
+    for r in results:
+        if r.kind != "w3":
+            continue
+        w2, w1 = r.extra.get("latency_w2_ms", {}), r.extra.get("latency_w1_ms", {})
+        rows.append(
+            (
+                r.name + (f" #{r.repeat}" if r.repeat else ""),
+                _fmt(r.events_per_s),
+                str(r.extra.get("commit_interval_ms", "-")),
+                *(_fmt(w2.get(k), ",.0f") for k in ("p50", "p99", "max")),
+                *(_fmt(w1.get(k), ",.0f") for k in ("p50", "p99", "max")),
+                f"{r.extra.get('loadavg_1m_before', 0):.2f}",
+                "yes" if r.verification.ok else "NO",
+            )
+        )
+    head = (
+        "W3 run", "in/s", "commit ms", "W2 p50", "W2 p99", "W2 max",
+        "W1 p50", "W1 p99", "W1 max", "load", "ok",
+    )  # fmt: skip
+    return render(head, rows) if rows else ""
+
+
+def recovery_table(results: Sequence[Result]) -> str:
+    """W4 runs: startup, state memory, checkpoint size and the recovery after a SIGKILL."""
+    rows = []
+    for r in results:
+        if r.kind != "w4":
+            continue
+        e = r.extra
+        rows.append(
+            (
+                r.name + (f" #{r.repeat}" if r.repeat else ""),
+                _fmt(e.get("keys")),
+                _fmt(e.get("start_to_first_record_s"), ".2f"),
+                _fmt(e.get("state_rss_mib")),
+                _fmt((e.get("checkpoint_bytes_after_ingest") or 0) / 2**20),
+                _fmt(e.get("recovery_s"), ".2f"),
+                _fmt(e.get("kill_to_reassigned_s"), ".2f"),
+                _fmt(e.get("reassigned_to_resumed_s"), ".2f"),
+                _fmt(e.get("restore_s"), ".2f"),
+                _fmt(e.get("full_epoch_write_s"), ".2f"),
+                "yes" if r.verification.ok else "NO",
+            )
+        )
+    head = (
+        "W4 run", "keys", "start->1st s", "state MiB", "ckpt MiB", "recovery s",
+        "kill->restart", "restart->resumed", "restore s", "full write s", "ok",
+    )  # fmt: skip
+    return render(head, rows) if rows else ""
 
 
 def summary(results: Sequence[Result]) -> dict[str, dict[str, Any]]:
@@ -256,6 +388,38 @@ def _meta(
         "confluent_kafka": confluent_kafka.version(),
         "librdkafka": confluent_kafka.libversion()[0],
         "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "git": _git_state(),
+    }
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit of this checkout, which raystream was measured (this checkout's, or another
+    copy found first on PYTHONPATH), and how many of its files differ from the commit."""
+    import subprocess
+
+    import raystream
+
+    repo = Path(__file__).resolve().parent.parent
+    measured = Path(raystream.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(repo), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+        except OSError:
+            return ""
+
+    in_repo = measured == repo / "raystream"
+    changed = git("status", "--porcelain", "--", "raystream").splitlines() if in_repo else None
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "raystream_measured": str(measured),
+        "raystream_uncommitted_files": None if changed is None else len(changed),
     }
 
 
@@ -263,7 +427,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the benchmarks, write and print the results."""
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--records", type=int, default=1_000_000, help="payments (default 1,000,000)")
-    ap.add_argument("--quick", action="store_true", help="shorthand for --records 100000")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="shorter: 100,000 records, W3 for 15 s, W4 with 100,000 keys",
+    )
+    ap.add_argument("--duration", type=float, help="W3 seconds of input (default 60; quick 15)")
+    ap.add_argument("--rate", type=int, default=20_000, help="W3 input events/s (default 20,000)")
+    ap.add_argument("--w4-keys", type=int, help="W4 keys of window state (default 1M; quick 100k)")
     ap.add_argument("--only", nargs="+", metavar="GLOB", help="run only these benchmarks")
     ap.add_argument("--repeat", type=int, default=1, help="run each benchmark this many times")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -279,6 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{b.name:28} {b.system:10} {b.kind:4} {b.guarantee:14} workers={b.workers}")
         return 0
     spec = WorkloadSpec(records=100_000 if args.quick else args.records)
+    params = {
+        "rate": args.rate,
+        "duration_s": args.duration or (15.0 if args.quick else 60.0),
+        "keys": args.w4_keys or (100_000 if args.quick else 1_000_000),
+    }
 
     broker = None if args.bootstrap else EmbeddedBroker().start()
     try:
@@ -289,17 +465,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         results: list[Result] = []
         for bench in chosen:
             for r in range(args.repeat):
-                res = run_one(bench, bootstrap, workload, exp, r)
+                res = run_one(bench, bootstrap, workload, exp, r, params)
                 results.append(res)
                 print(table([res]).splitlines()[1], flush=True)
                 for line in res.verification.details[:5]:
                     print(f"    {line}", flush=True)
-        meta = _meta(spec, prep, bootstrap, broker is not None)
+        meta = {**_meta(spec, prep, bootstrap, broker is not None), "params": params}
     finally:
         if broker is not None:
             broker.stop()
     print()
     print(table(results))
+    comp = comparison(results)
+    for text in (comparison_table(comp) if comp else "", latency_table(results),
+                 recovery_table(results)):  # fmt: skip
+        if text:
+            print()
+            print(text)
     summ = summary(results)
     if args.repeat > 1:
         print()
@@ -314,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = {
             "meta": meta,
             "summary": summ,
+            "comparison": comp,
             "results": [dataclasses.asdict(r) for r in results],
         }
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
