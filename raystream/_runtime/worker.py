@@ -206,9 +206,10 @@ class Worker:
                     out.poll()
                 elif ends is not None:
                     _skip_control_records(consumer, positions)
-                if idle_timeout is not None:
-                    for r in runners:
+                for r in runners:
+                    if idle_timeout is not None:
                         r.check_idle(idle_timeout)
+                    r.tick()  # processing-time timers
                 if time.monotonic() - last_commit >= interval:
                     commit()
                     self._update_report(runners, positions, consumer)
