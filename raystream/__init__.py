@@ -30,6 +30,7 @@ from raystream.operators.aggregations import (
     min,
     sum,
 )
+from raystream.operators.base import ErrorPolicy
 from raystream.operators.process_context import ProcessContext, ProcessFunction
 from raystream.operators.timers import TimeDomain
 from raystream.operators.windows import hopping, session, sliding, tumbling
@@ -48,6 +49,7 @@ __all__ = [
     "Bytes",
     "ConfigError",
     "DevStackError",
+    "ErrorPolicy",
     "GlobalTable",
     "GroupedStream",
     "Guarantee",

@@ -229,6 +229,10 @@ class ErrorPolicy:
             ) from exc
 
 
+#: The policy of an operator given no ``on_error=``: dead-letter the failing record.
+DEFAULT_POLICY = ErrorPolicy()
+
+
 @dataclass
 class TaskContext:
     """What an operator may see of its task: identity, a failure sink and an injectable clock."""
@@ -238,6 +242,8 @@ class TaskContext:
     partition: int
     report_failure: Callable[[RecordFailure], None] = field(default=lambda f: None)
     clock_ms: Callable[[], int] = field(default=lambda: 0)
+    #: How an operator waits between retries of a user function (``on_error="retry"``).
+    sleep: Callable[[float], None] = field(default=time.sleep)
 
 
 class Operator(ABC):

@@ -8,8 +8,10 @@ Semantics, for one task:
   (``dropped_null_keys``, ``dropped_null_timestamps``), as keyed aggregates do.
 * Each call (a record, or a timer) works on a private copy of its key's state; its state changes,
   timer changes and emitted records take effect together when it returns. A call that raises
-  changes nothing: a record's failure is reported as a :class:`RecordFailure` (dead-lettered by
-  the runtime); a timer's failure is logged and counted in ``failed_timers`` (the timer is spent).
+  changes nothing. It is handled by the operator's :class:`ErrorPolicy` (``on_error=``): called
+  again with backoff (``"retry"``), then a record's failure is reported as a
+  :class:`RecordFailure` (dead-lettered by the runtime) and a timer's failure is counted in
+  ``failed_timers`` (the timer is spent); or the app stops (``"fail"``).
 * Watermark: the largest event time seen minus ``out_of_orderness``, advanced record by record
   (and by the task's ``on_watermark``: idle partitions, end of input). Right after each record,
   every event-time timer at or before the watermark fires, in (time, registration) order; so
@@ -26,6 +28,7 @@ Semantics, for one task:
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +36,15 @@ from typing import Any
 import pyarrow as pa
 
 from raystream.errors import OperatorContractError, TopologyError
-from raystream.operators.base import Batch, Operator, OperatorSpec, RecordFailure, TaskContext
+from raystream.operators.base import (
+    DEFAULT_POLICY,
+    Batch,
+    ErrorPolicy,
+    Operator,
+    OperatorSpec,
+    RecordFailure,
+    TaskContext,
+)
 from raystream.operators.keyed import check_scalar_keys
 from raystream.operators.process_context import (
     FunctionProcess,
@@ -51,6 +62,10 @@ from raystream.timeutil import Duration, parse_duration
 
 #: A record waiting in an output port: ``(value, key, timestamp, source offset or None)``.
 _Out = tuple[Row, Any, int, int | None]
+#: What one call did: (state changed, new state, timer operations, emitted records).
+_Call = tuple[
+    bool, dict[str, Any] | None, list[tuple[bool, TimeDomain, int]], list[tuple[int, Row, Any, int]]
+]
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,8 @@ class ProcessSpec(OperatorSpec):
     on_timer: Callable[..., Any] | None = None
     outputs: tuple[str, ...] = ()
     out_of_orderness_ms: int = 0
+    #: What happens when the function raises (``on_error=``).
+    on_error: ErrorPolicy = DEFAULT_POLICY
     kind = "process"
 
     @property
@@ -78,6 +95,7 @@ class ProcessSpec(OperatorSpec):
         on_timer: Callable[..., Any] | None = None,
         outputs: Sequence[str] | None = None,
         out_of_orderness: Duration = 0,
+        on_error: str | ErrorPolicy | None = None,
     ) -> ProcessSpec:
         """Check the arguments of ``stream.process`` and build the spec."""
         if isinstance(function, type):
@@ -103,7 +121,7 @@ class ProcessSpec(OperatorSpec):
             )
         names = _output_names(outputs)
         ooo = parse_duration(out_of_orderness, "process(out_of_orderness)")
-        return ProcessSpec(function, on_timer, names, ooo)
+        return ProcessSpec(function, on_timer, names, ooo, ErrorPolicy.of(on_error))
 
     def make_function(self) -> ProcessFunction:
         """A fresh process function for one task."""
@@ -228,28 +246,44 @@ class ProcessOperator(Operator):
             timers_allowed=self._timers_allowed,
         )
 
-    def _record(self, key: Any, row: Row, ts: int, offset: int | None, now: int) -> None:
-        emits: list[tuple[int, Row, Any, int]] = []
-        ops: list[tuple[bool, TimeDomain, int]] = []
-        ctx = self._context(key, ts, now, emits, ops)
-        try:
-            self.fn.process(ctx, key, row)
+    def _call(self, key: Any, ts: int, now: int, run: Callable[[ProcessContext], None]) -> _Call:
+        """One call on a fresh context (so a retry starts from the key's state as it was),
+        retried with backoff as the error policy says; the last error propagates."""
+
+        def attempt() -> _Call:
+            emits: list[tuple[int, Row, Any, int]] = []
+            ops: list[tuple[bool, TimeDomain, int]] = []
+            ctx = self._context(key, ts, now, emits, ops)
+            run(ctx)
             changed, new = state_changes(ctx)
+            return changed, new, ops, emits
+
+        result: _Call = self.spec.on_error.call(attempt, sleep=self.ctx.sleep)
+        return result
+
+    def _record(self, key: Any, row: Row, ts: int, offset: int | None, now: int) -> None:
+        try:
+            changed, new, ops, emits = self._call(
+                key, ts, now, lambda ctx: self.fn.process(ctx, key, row)
+            )
         except Exception as exc:
+            self.spec.on_error.failed(self.name, exc)
             self.ctx.report_failure(RecordFailure.from_exception(self.name, exc, offset, key, row))
             return
         self._apply(key, changed, new, ops, emits, offset)
 
+    def _on_timer(self, key: Any, ts: int, domain: TimeDomain, ctx: ProcessContext) -> None:
+        self.fn.on_timer(ctx, key, ts, domain)
+
     def _fire(self, domain: TimeDomain, limit: int, now: int) -> None:
         for ts, key in self.timers.due(domain, limit):
-            emits: list[tuple[int, Row, Any, int]] = []
-            ops: list[tuple[bool, TimeDomain, int]] = []
-            ctx = self._context(key, ts, now, emits, ops)
             try:
-                self.fn.on_timer(ctx, key, ts, domain)
-                changed, new = state_changes(ctx)
+                changed, new, ops, emits = self._call(
+                    key, ts, now, functools.partial(self._on_timer, key, ts, domain)
+                )
             except Exception as exc:
                 self.failed_timers += 1
+                self.spec.on_error.failed(self.name, exc)
                 self.ctx.report_failure(
                     RecordFailure.from_exception(
                         self.name, exc, None, key, {"timer": ts, "domain": domain.value}

@@ -1,9 +1,11 @@
 """Stateless operators: map, map_batches, filter, flat_map, branch.
 
 Row-wise functions (``map``, ``filter``, ``flat_map``, ``branch`` predicates) get each record's
-value as a dict; a record whose function raises is reported as a :class:`RecordFailure` (it goes to
-the dead-letter topic) and the rest of the batch goes on. Batch functions (``map_batches``) get and
-return Arrow data and are the fast path.
+value as a dict; a record whose function raises is handled by the operator's
+:class:`~raystream.operators.base.ErrorPolicy` (``on_error=``): by default it is reported as a
+:class:`RecordFailure` (it goes to the dead-letter topic) and the rest of the batch goes on; it may
+be retried with backoff first, or stop the app. Batch functions (``map_batches``) get and return
+Arrow data and are the fast path.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import pyarrow as pa
 
 from raystream.errors import OperatorContractError
 from raystream.operators.base import (
+    DEFAULT_POLICY,
     Batch,
+    ErrorPolicy,
     Operator,
     OperatorSpec,
     RecordFailure,
@@ -26,16 +30,23 @@ from raystream.operators.base import (
 
 
 class _RowOperator(Operator):
-    """Shared plumbing: the task context and per-record failure reporting."""
+    """Shared plumbing: the task context, the error policy and per-record failure reporting."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, policy: ErrorPolicy | None = None) -> None:
         self.name = name
+        self.policy = policy or ErrorPolicy()
         self.ctx = TaskContext(app="", task="", partition=-1)
 
     def open(self, ctx: TaskContext) -> None:
         self.ctx = ctx
 
+    def _attempt(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, retried with backoff as the policy says; the last error propagates."""
+        return self.policy.call(fn, *args, sleep=self.ctx.sleep)
+
     def _fail(self, batch: Batch, i: int, row: Row, exc: BaseException) -> None:
+        """A record failed for good: stop the app (policy ``fail``) or dead-letter it."""
+        self.policy.failed(self.name, exc)
         self.ctx.report_failure(
             RecordFailure.from_exception(
                 self.name, exc, batch.offsets[i].as_py(), batch.keys[i].as_py(), row
@@ -46,8 +57,10 @@ class _RowOperator(Operator):
 class MapOperator(_RowOperator):
     """Replace each value by ``fn(value)`` (a dict)."""
 
-    def __init__(self, name: str, fn: Callable[[Row], Row]) -> None:
-        super().__init__(name)
+    def __init__(
+        self, name: str, fn: Callable[[Row], Row], policy: ErrorPolicy | None = None
+    ) -> None:
+        super().__init__(name, policy)
         self.fn = fn
 
     def process(self, batch: Batch) -> Sequence[Batch | None]:
@@ -55,7 +68,7 @@ class MapOperator(_RowOperator):
         keep: list[int] = []
         for i, row in enumerate(batch.rows()):
             try:
-                new = self.fn(row)
+                new = self._attempt(self.fn, row)
                 if not isinstance(new, dict):
                     raise OperatorContractError(
                         f"map function must return a dict, got {type(new).__name__}"
@@ -72,15 +85,17 @@ class MapOperator(_RowOperator):
 class FilterOperator(_RowOperator):
     """Keep the records for which ``fn(value)`` is truthy."""
 
-    def __init__(self, name: str, fn: Callable[[Row], Any]) -> None:
-        super().__init__(name)
+    def __init__(
+        self, name: str, fn: Callable[[Row], Any], policy: ErrorPolicy | None = None
+    ) -> None:
+        super().__init__(name, policy)
         self.fn = fn
 
     def process(self, batch: Batch) -> Sequence[Batch | None]:
         mask: list[bool] = []
         for i, row in enumerate(batch.rows()):
             try:
-                mask.append(bool(self.fn(row)))
+                mask.append(bool(self._attempt(self.fn, row)))
             except Exception as exc:
                 self._fail(batch, i, row, exc)
                 mask.append(False)
@@ -90,8 +105,10 @@ class FilterOperator(_RowOperator):
 class FlatMapOperator(_RowOperator):
     """Replace each value by the zero or more dicts ``fn(value)`` yields (same key and time)."""
 
-    def __init__(self, name: str, fn: Callable[[Row], Iterable[Row]]) -> None:
-        super().__init__(name)
+    def __init__(
+        self, name: str, fn: Callable[[Row], Iterable[Row]], policy: ErrorPolicy | None = None
+    ) -> None:
+        super().__init__(name, policy)
         self.fn = fn
 
     def process(self, batch: Batch) -> Sequence[Batch | None]:
@@ -99,7 +116,7 @@ class FlatMapOperator(_RowOperator):
         idx: list[int] = []
         for i, row in enumerate(batch.rows()):
             try:
-                produced = list(self.fn(row))
+                produced = self._attempt(lambda r: list(self.fn(r)), row)
                 for item in produced:
                     if not isinstance(item, dict):
                         raise OperatorContractError(
@@ -116,12 +133,14 @@ class FlatMapOperator(_RowOperator):
 class MapBatchesOperator(_RowOperator):
     """Replace the values by ``fn(record_batch)``: Arrow in, Arrow out, a row per input row.
 
-    When the function raises, the batch is retried record by record so that only the records that
-    fail are dead-lettered.
+    When the function raises, the batch is retried record by record (each record as the error
+    policy says) so that only the records that fail are dead-lettered.
     """
 
-    def __init__(self, name: str, fn: Callable[[pa.RecordBatch], Any]) -> None:
-        super().__init__(name)
+    def __init__(
+        self, name: str, fn: Callable[[pa.RecordBatch], Any], policy: ErrorPolicy | None = None
+    ) -> None:
+        super().__init__(name, policy)
         self.fn = fn
 
     def _call(self, data: pa.RecordBatch) -> pa.RecordBatch:
@@ -160,7 +179,7 @@ class MapBatchesOperator(_RowOperator):
         for i in range(batch.num_rows):
             one = batch.data.slice(i, 1)
             try:
-                parts.append(self._call(one))
+                parts.append(self._attempt(self._call, one))
             except Exception as exc:
                 self._fail(batch, i, one.to_pylist()[0], exc)
                 continue
@@ -180,9 +199,13 @@ class BranchOperator(_RowOperator):
     """
 
     def __init__(
-        self, name: str, predicates: Sequence[Callable[[Row], Any]], default: bool
+        self,
+        name: str,
+        predicates: Sequence[Callable[[Row], Any]],
+        default: bool,
+        policy: ErrorPolicy | None = None,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, policy)
         self.predicates = list(predicates)
         self.default = default
         self.ports = len(self.predicates) + (1 if default else 0)
@@ -191,16 +214,20 @@ class BranchOperator(_RowOperator):
         picks: list[list[int]] = [[] for _ in range(self.ports)]
         for i, row in enumerate(batch.rows()):
             try:
-                for b, pred in enumerate(self.predicates):
-                    if pred(row):
-                        picks[b].append(i)
-                        break
-                else:
-                    if self.default:
-                        picks[-1].append(i)
+                port = self._attempt(self._pick, row)
             except Exception as exc:
                 self._fail(batch, i, row, exc)
+                continue
+            if port is not None:
+                picks[port].append(i)
         return [batch.take(p) if p else None for p in picks]
+
+    def _pick(self, row: Row) -> int | None:
+        """The port of the first predicate that holds (the default port, or None)."""
+        for b, pred in enumerate(self.predicates):
+            if pred(row):
+                return b
+        return self.ports - 1 if self.default else None
 
 
 def _rows_to_batch(rows: list[Row]) -> pa.RecordBatch:
@@ -219,10 +246,12 @@ class MapSpec(OperatorSpec):
     """Spec of ``stream.map(fn)``."""
 
     fn: Callable[[Row], Row]
+    #: What happens when ``fn`` raises on a record (``on_error=``).
+    on_error: ErrorPolicy = DEFAULT_POLICY
     kind = "map"
 
     def build(self, name: str) -> Operator:
-        return MapOperator(name, self.fn)
+        return MapOperator(name, self.fn, self.on_error)
 
 
 @dataclass(frozen=True)
@@ -230,10 +259,12 @@ class FilterSpec(OperatorSpec):
     """Spec of ``stream.filter(fn)``."""
 
     fn: Callable[[Row], Any]
+    #: What happens when ``fn`` raises on a record (``on_error=``).
+    on_error: ErrorPolicy = DEFAULT_POLICY
     kind = "filter"
 
     def build(self, name: str) -> Operator:
-        return FilterOperator(name, self.fn)
+        return FilterOperator(name, self.fn, self.on_error)
 
 
 @dataclass(frozen=True)
@@ -241,10 +272,12 @@ class FlatMapSpec(OperatorSpec):
     """Spec of ``stream.flat_map(fn)``."""
 
     fn: Callable[[Row], Iterable[Row]]
+    #: What happens when ``fn`` raises on a record (``on_error=``).
+    on_error: ErrorPolicy = DEFAULT_POLICY
     kind = "flat_map"
 
     def build(self, name: str) -> Operator:
-        return FlatMapOperator(name, self.fn)
+        return FlatMapOperator(name, self.fn, self.on_error)
 
 
 @dataclass(frozen=True)
@@ -252,10 +285,12 @@ class MapBatchesSpec(OperatorSpec):
     """Spec of ``stream.map_batches(fn)``."""
 
     fn: Callable[[pa.RecordBatch], Any]
+    #: What happens when ``fn`` raises on a record (``on_error=``).
+    on_error: ErrorPolicy = DEFAULT_POLICY
     kind = "map_batches"
 
     def build(self, name: str) -> Operator:
-        return MapBatchesOperator(name, self.fn)
+        return MapBatchesOperator(name, self.fn, self.on_error)
 
 
 @dataclass(frozen=True)
@@ -264,6 +299,8 @@ class BranchSpec(OperatorSpec):
 
     predicates: tuple[Callable[[Row], Any], ...]
     default: bool = True
+    #: What happens when a predicate raises on a record (``on_error=``).
+    on_error: ErrorPolicy = DEFAULT_POLICY
     kind = "branch"
 
     @property
@@ -271,4 +308,4 @@ class BranchSpec(OperatorSpec):
         return len(self.predicates) + (1 if self.default else 0)
 
     def build(self, name: str) -> Operator:
-        return BranchOperator(name, self.predicates, self.default)
+        return BranchOperator(name, self.predicates, self.default, self.on_error)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, overload
 import pyarrow as pa
 
 from raystream.errors import TopologyError
-from raystream.operators.base import OperatorSpec, Row
+from raystream.operators.base import ErrorPolicy, OperatorSpec, Row
 from raystream.operators.joins_base import DEFAULT_RIGHT_PREFIX
 from raystream.operators.joins_stream import StreamStreamJoinSpec
 from raystream.operators.joins_table import GlobalTableJoinSpec, StreamTableJoinSpec
@@ -32,6 +32,10 @@ from raystream.topology.table import GlobalTable, Table, same_app
 if TYPE_CHECKING:
     from raystream.app import App
 
+#: ``on_error=``: an action name (``"dead_letter"``, ``"retry"``, ``"retry:N"``, ``"fail"``),
+#: an :class:`ErrorPolicy`, or None for the default (dead-letter).
+OnError = str | ErrorPolicy | None
+
 
 class Stream:
     """A stream of keyed, timestamped records: the output port of one node of the app's graph."""
@@ -54,33 +58,60 @@ class Stream:
         key_name = getattr(spec, "key_name", None)
         return Stream(self._app, node, 0, key_name or self._key_field)
 
-    def map(self, fn: Callable[[Row], Row], *, name: str | None = None) -> Stream:
-        """Replace each value (a dict) by ``fn(value)``; key and time stay. Row-wise (slow path)."""
+    def map(
+        self, fn: Callable[[Row], Row], *, on_error: OnError = None, name: str | None = None
+    ) -> Stream:
+        """Replace each value (a dict) by ``fn(value)``; key and time stay. Row-wise (slow path).
+
+        ``on_error`` (here and on every operation with a user function): what happens when the
+        function raises on a record: ``"dead_letter"`` (default: the record goes to the
+        dead-letter topic, the rest go on), ``"retry"`` / ``"retry:N"`` (call it again with
+        backoff, then dead-letter), ``"fail"`` (stop the app), or an
+        :class:`~raystream.operators.base.ErrorPolicy`.
+        """
         _check_callable(fn, "map")
-        return self._then(MapSpec(fn), name)
+        return self._then(MapSpec(fn, ErrorPolicy.of(on_error)), name)
 
     def map_batches(
-        self, fn: Callable[[pa.RecordBatch], Any], *, name: str | None = None
+        self,
+        fn: Callable[[pa.RecordBatch], Any],
+        *,
+        on_error: OnError = None,
+        name: str | None = None,
     ) -> Stream:
         """Replace the values of each micro-batch by ``fn(record_batch)`` (Arrow in, Arrow out).
 
         The function must return one row per input row (a RecordBatch, Table or dict of columns).
+        When it raises, the batch is run again record by record and ``on_error`` applies to the
+        records that fail.
         """
         _check_callable(fn, "map_batches")
-        return self._then(MapBatchesSpec(fn), name)
+        return self._then(MapBatchesSpec(fn, ErrorPolicy.of(on_error)), name)
 
-    def filter(self, fn: Callable[[Row], Any], *, name: str | None = None) -> Stream:
+    def filter(
+        self, fn: Callable[[Row], Any], *, on_error: OnError = None, name: str | None = None
+    ) -> Stream:
         """Keep the records whose value makes ``fn`` truthy."""
         _check_callable(fn, "filter")
-        return self._then(FilterSpec(fn), name)
+        return self._then(FilterSpec(fn, ErrorPolicy.of(on_error)), name)
 
-    def flat_map(self, fn: Callable[[Row], Iterable[Row]], *, name: str | None = None) -> Stream:
+    def flat_map(
+        self,
+        fn: Callable[[Row], Iterable[Row]],
+        *,
+        on_error: OnError = None,
+        name: str | None = None,
+    ) -> Stream:
         """Replace each value by the dicts ``fn(value)`` returns (zero or more; same key, time)."""
         _check_callable(fn, "flat_map")
-        return self._then(FlatMapSpec(fn), name)
+        return self._then(FlatMapSpec(fn, ErrorPolicy.of(on_error)), name)
 
     def branch(
-        self, *predicates: Callable[[Row], Any], default: bool = True, name: str | None = None
+        self,
+        *predicates: Callable[[Row], Any],
+        default: bool = True,
+        on_error: OnError = None,
+        name: str | None = None,
     ) -> tuple[Stream, ...]:
         """Split into one stream per predicate: each record goes to the first that holds.
 
@@ -91,7 +122,7 @@ class Stream:
             raise TopologyError("branch needs at least one predicate")
         for p in predicates:
             _check_callable(p, "branch")
-        spec = BranchSpec(tuple(predicates), default)
+        spec = BranchSpec(tuple(predicates), default, ErrorPolicy.of(on_error))
         node = self._then(spec, name)._node
         return tuple(Stream(self._app, node, port, self._key_field) for port in range(spec.ports))
 
@@ -103,6 +134,7 @@ class Stream:
         on_timer: Callable[..., Any] | None = None,
         outputs: None = None,
         out_of_orderness: Duration = 0,
+        on_error: OnError = None,
         name: str | None = None,
     ) -> Stream: ...
 
@@ -114,6 +146,7 @@ class Stream:
         on_timer: Callable[..., Any] | None = None,
         outputs: Sequence[str],
         out_of_orderness: Duration = 0,
+        on_error: OnError = None,
         name: str | None = None,
     ) -> tuple[Stream, ...]: ...
 
@@ -124,6 +157,7 @@ class Stream:
         on_timer: Callable[..., Any] | None = None,
         outputs: Sequence[str] | None = None,
         out_of_orderness: Duration = 0,
+        on_error: OnError = None,
         name: str | None = None,
     ) -> Stream | tuple[Stream, ...]:
         """Run a keyed process function: per-key state, event- and processing-time timers, and
@@ -132,14 +166,19 @@ class Stream:
         ``function`` is a :class:`raystream.ProcessFunction` subclass (one instance per task),
         an instance of one (deep-copied per task), or a plain ``fn(ctx, key, value)`` (with
         ``on_timer=fn(ctx, key, timestamp, domain)`` when it registers timers). Records are
-        handled one by one, in order per key; a call that raises changes nothing and its record
-        goes to the dead-letter topic. The watermark is the largest event time seen minus
-        ``out_of_orderness``. With ``outputs=("a", "b")`` it returns one stream per name (emit
-        with ``ctx.emit(value, to="a")``); otherwise one stream. Output keys are what the
+        handled one by one, in order per key; a call that raises changes nothing and ``on_error``
+        applies (as for :meth:`map`; by default the record goes to the dead-letter topic). The
+        watermark is the largest event time seen minus ``out_of_orderness``. With
+        ``outputs=("a", "b")`` it returns one stream per name (emit with
+        ``ctx.emit(value, to="a")``); otherwise one stream. Output keys are what the
         function emits, so they are not assumed to be any field (``group_by`` re-keys).
         """
         spec = ProcessSpec.of(
-            function, on_timer=on_timer, outputs=outputs, out_of_orderness=out_of_orderness
+            function,
+            on_timer=on_timer,
+            outputs=outputs,
+            out_of_orderness=out_of_orderness,
+            on_error=on_error,
         )
         node = self._then(spec, name)._node
         streams = tuple(Stream(self._app, node, port) for port in range(spec.ports))

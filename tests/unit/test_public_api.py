@@ -9,6 +9,7 @@ EXPECTED = [
     "Bytes",
     "ConfigError",
     "DevStackError",
+    "ErrorPolicy",
     "GlobalTable",
     "GroupedStream",
     "Guarantee",
