@@ -90,13 +90,17 @@ class RunningApp:
             ),
         ).remote(app, plan, kafka, runtime, workers, bounded)
         try:
-            ray.get(self._coord.start.remote())
+            started = ray.get(self._coord.start.remote())
         except ray.exceptions.RayTaskError as exc:
             self._kill()
             cause = exc.cause if isinstance(exc.cause, RaystreamError) else None
             if cause is not None:
                 raise cause from None
             raise
+        #: The app's Prometheus endpoint (None when ``metrics_port=None``).
+        self.metrics_url: str | None = started.get("metrics_url")
+        if self.metrics_url:
+            log.info("app %s: Prometheus metrics at %s", app, self.metrics_url)
         self._views: Any = None
         if any(getattr(s, "kind", "") == "view" for s in plan.graph.nodes.values()):
             self._views = self._start_views(app, plan, kafka, runtime)

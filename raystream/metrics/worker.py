@@ -68,6 +68,9 @@ class WorkerMetrics:
         #: The latest client error while the broker looks unreachable (None when it works).
         self.broker_error: str | None = None
         self._broker_up = True
+        #: A Kafka call waited too long: only a call that then goes through clears it (a frozen
+        #: broker keeps its TCP connections up, so librdkafka's statistics still say UP).
+        self._silent = False
 
     def _w(self) -> dict[str, str]:
         return {"app": self.app, "worker": self.worker}
@@ -100,6 +103,8 @@ class WorkerMetrics:
             return
         up = any(b.get("state") == "UP" for b in brokers)
         with self._lock:
+            if up and self._silent:
+                return
             if up:
                 self._broker_up, self.broker_error = True, None
             else:
@@ -109,7 +114,15 @@ class WorkerMetrics:
     def kafka_ok(self) -> None:
         """A fetch or commit went through: the broker works."""
         with self._lock:
-            self._broker_up, self.broker_error = True, None
+            self._broker_up, self.broker_error, self._silent = True, None, False
+
+    def broker_silent(self, reason: str) -> None:
+        """A Kafka call has been waiting for an answer too long (a frozen or cut-off broker)."""
+        with self._lock:
+            if self._broker_up:
+                log.warning("worker %s: broker looks down: %s", self.worker, reason)
+            self._broker_up, self._silent = False, True
+            self.broker_error = reason
 
     # -- hooks for the worker loop -----------------------------------------------------------
     def retrying(self) -> None:
@@ -175,6 +188,11 @@ class WorkerMetrics:
             keys, size = _state_sizes(app, runners)
             rec.replace_gauge(m.STATE_KEYS, keys)
             rec.replace_gauge(m.STATE_BYTES, size)
+        return self.snapshot(state)
+
+    def snapshot(self, state: str) -> Snapshot:
+        """Set the worker's state and broker gauges; the snapshot that goes into its report."""
+        rec = self.recorder
         rec.replace_gauge(m.WORKER_STATE, [({**self._w(), "state": state}, 1.0)])
         with self._lock:
             up = self._broker_up
