@@ -2,8 +2,8 @@
 
 The coordinator starts it on ``RuntimeConfig.metrics_host``:``metrics_port`` (127.0.0.1 and a
 free port by default; ``raystream status`` and the coordinator's log show the address). Give a
-fixed port to scrape it from Prometheus (``deploy/prometheus.yml``); ``metrics_port=None``
-turns it off.
+fixed port to scrape it from Prometheus (``deploy/prometheus/prometheus.yml``);
+``metrics_port=None`` turns it off.
 """
 
 from __future__ import annotations
