@@ -31,6 +31,7 @@ def broker() -> Iterator[EmbeddedBroker]:
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     ray.init(
+        address="local",  # our own Ray, never a cluster someone started with `ray start`
         num_cpus=4,
         include_dashboard=False,
         namespace="raystream",
