@@ -38,7 +38,7 @@ from raystream.serde import JSON, Bytes, Serde, String
 from raystream.topology.grouped import GroupedStream, WindowedStream
 from raystream.topology.stream import Stream
 from raystream.topology.table import GlobalTable, Table
-from raystream.views.server import sql
+from raystream.views.server import get, sql
 
 __version__ = "0.1.0"
 
@@ -81,6 +81,7 @@ __all__ = [
     "count_distinct",
     "custom",
     "first",
+    "get",
     "hopping",
     "last",
     "max",

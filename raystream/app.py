@@ -147,6 +147,18 @@ class App:
         """
         return self._require_running().sql(query, as_of)
 
+    def get(self, view: str, key: Any) -> list[dict[str, Any]]:
+        """Point lookup: the rows of ``key`` in view ``view`` (one row, or one per window for a
+        window aggregate; ``[]`` for an unknown key), answered by the worker that owns the key.
+
+        It sees the latest *processed* state, fresher than SQL's committed epochs: it may
+        include records whose epoch is not committed yet, which a failure rolls back (the task
+        then answers from its last committed epoch until it has caught up). It is consistent
+        per key only: two lookups are not one snapshot. For consistent reads use :meth:`sql`.
+        From another driver: ``raystream.get(app_name, view, key)``.
+        """
+        return self._require_running().get(view, key)
+
     def views(self) -> list[dict[str, Any]]:
         """The running app's views: name, columns, rows, epochs, freshness."""
         return self._require_running().views()

@@ -149,6 +149,15 @@ class RunningApp:
                 raise exc.cause from None
             raise
 
+    def get(self, view: str, key: Any) -> list[dict[str, Any]]:
+        """Point lookup in a view (see :meth:`raystream.App.get`)."""
+        from raystream.views.server import call
+
+        if self._views is None:
+            raise RuntimeStateError("this app materializes no view: add .materialize(name)")
+        rows: list[dict[str, Any]] = call(self._views, "get", view, key)
+        return rows
+
     def views(self) -> list[dict[str, Any]]:
         """The app's views: name, columns, rows, epochs, freshness."""
         import ray

@@ -45,6 +45,7 @@ from raystream.errors import (
 )
 from raystream.metrics import logcontext
 from raystream.metrics.worker import WorkerMetrics
+from raystream.operators.view import ViewOperator
 from raystream.state.checkpoint import CheckpointStore
 from raystream.topology.nodes import SourceSpec
 from raystream.topology.plan import Plan
@@ -96,6 +97,8 @@ class Worker:
         self.runtime = runtime
         self.coordinator = coordinator
         self._stop = threading.Event()
+        #: The tasks whose state is loaded and processing (for point lookups), by task id.
+        self._live: dict[str, TaskRunner] = {}
         self._report = WorkerReport(slot, -1, os.getpid(), _node_id(), "starting")
         logcontext.install(runtime.log_level, runtime.log_format)
         self.metrics = WorkerMetrics(app, slot, ray_export=runtime.ray_metrics)
@@ -113,6 +116,22 @@ class Worker:
     def report(self) -> WorkerReport:
         """The worker's latest state."""
         return self._report
+
+    def get_view_rows(self, view: str, key: Any, tasks: list[str]) -> dict[str, Any]:
+        """Point lookup: the rows of ``key`` in view ``view`` held by those of ``tasks`` this
+        worker runs, as ``{"held": [task...], "rows": {task: [row...]}}``. The rows are the
+        latest processed state, fresher than the last committed epoch (see ViewOperator.get);
+        a task still recovering is not in ``held``."""
+        live = self._live  # replaced whole by the loop, never mutated: a consistent view
+        held = [t for t in tasks if t in live]
+        rows: dict[str, Any] = {}
+        for t in held:
+            for op in live[t].operators.values():
+                if isinstance(op, ViewOperator) and op.view == view:
+                    found = op.get(key)
+                    if found:
+                        rows[t] = found
+        return {"held": held, "rows": rows}
 
     def stop(self, timeout: float = 60.0) -> WorkerReport:
         """Drain: finish the current batch, commit, and stop the loop."""
@@ -203,6 +222,7 @@ class Worker:
 
     def _run(self, a: Assignment) -> bool:
         """Process the assignment until stopped (False) or, in bounded mode, done (True)."""
+        self._live = {}
         self._report.attempt = a.attempt
         exactly_once = self.runtime.guarantee is Guarantee.EXACTLY_ONCE
         hooks = self.metrics.client_config()
@@ -220,6 +240,7 @@ class Worker:
                 tasks, routes = self._build_tasks(a, out, store)
                 owned = [tp for tp in routes if tp[0] not in self._global_topics(a)]
                 positions = self._recover(consumer, tasks, owned, routes, a)
+                self._live = {str(t.runner.task): t.runner for t in tasks}
             global_positions = {tp: 0 for tp in routes if tp not in positions}
             self._report.state = "bootstrapping"
             self._bootstrap(consumer, tasks, routes, positions, global_positions)
@@ -267,6 +288,7 @@ class Worker:
                     self._update_report(runners, positions, consumer)
                     last_commit = time.monotonic()
         except BaseException:
+            self._live = {}
             out.abort()
             raise
         finally:

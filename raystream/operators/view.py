@@ -9,12 +9,16 @@ Views are checkpointed as *typed rows* (not pickled values), one store per view,
 checkpoint's Parquet files are directly what SQL reads: columns ``__key`` (the primary key,
 serialized), ``__deleted`` and the view's own columns. The operator passes its input through on
 port 0, so a view can sit in the middle of a flow.
+
+Point lookups (:meth:`ViewOperator.get`) come from another thread than processing: a lock makes
+each lookup see the rows after a whole batch, never part of one.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +81,11 @@ class ViewOperator(Operator):
         self.schema = SideSchema(None, "view", name)
         #: primary key -> row dict (stored rows are never mutated)
         self.rows = MemoryStore()
+        #: key -> window starts of its rows (windowed views), so a lookup need not scan
+        self._windows: dict[Hashable, set[Any]] = {}
         self.watermark: int | None = None
         self._swept: int | None = None
+        self._lock = threading.Lock()
 
     # -- processing --------------------------------------------------------------------------
     def process(self, batch: Batch) -> Sequence[Batch | None]:
@@ -93,21 +100,36 @@ class ViewOperator(Operator):
         rows = self.schema.conform(data).to_pylist()
         keys = batch.keys.to_pylist()
         starts = rows_column(rows, WINDOW_START)
-        for i, (key, row) in enumerate(zip(keys, rows, strict=True)):
-            if key is None:
-                continue
-            pk = key if starts is None else (key, starts[i])
-            if dead[i]:
-                self.rows.delete(pk)
-            else:
-                self.rows.put(pk, row)
         top = int(np.max(batch.timestamps.to_numpy(zero_copy_only=False)))
-        self._advance(top)
+        with self._lock:
+            for i, (key, row) in enumerate(zip(keys, rows, strict=True)):
+                if key is None:
+                    continue
+                if starts is None:
+                    pk: Hashable = key
+                else:
+                    pk = (key, starts[i])
+                    self._windows.setdefault(key, set()).add(starts[i])
+                if dead[i]:
+                    self._delete(pk)
+                else:
+                    self.rows.put(pk, row)
+            self._advance(top)
         return [batch]
 
     def on_watermark(self, watermark: int) -> Sequence[Batch | None]:
-        self._advance(watermark)
+        with self._lock:
+            self._advance(watermark)
         return ()
+
+    def _delete(self, pk: Hashable) -> None:
+        self.rows.delete(pk)
+        if isinstance(pk, tuple):
+            starts = self._windows.get(pk[0])
+            if starts is not None:
+                starts.discard(pk[1])
+                if not starts:
+                    del self._windows[pk[0]]
 
     def _advance(self, watermark: int) -> None:
         if self.watermark is None or watermark > self.watermark:
@@ -125,19 +147,21 @@ class ViewOperator(Operator):
             if isinstance(row.get(WINDOW_END), int) and row[WINDOW_END] < horizon
         ]
         for pk in old:
-            self.rows.delete(pk)
+            self._delete(pk)
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, key: Any) -> list[Row]:
-        """The rows of ``key`` (one, or one per window), as of now (not yet committed)."""
-        direct = self.rows.get(key)
-        if direct is not None:
-            return [dict(direct)]
-        return [
-            dict(row)
-            for pk, row in self.rows.items()
-            if isinstance(pk, tuple) and len(pk) == 2 and pk[0] == key
-        ]
+        """The rows of ``key`` (one, or one per window, oldest window first) after the last
+        batch processed: fresher than the last committed epoch, so they may include records of
+        an epoch that is not committed yet (rolled back and redone after a failure). Safe to
+        call from another thread than the one processing."""
+        with self._lock:
+            direct = self.rows.get(key)
+            if direct is not None:
+                return [dict(direct)]
+            starts = sorted(self._windows.get(key, ()))
+            found = (self.rows.get((key, start)) for start in starts)
+            return [dict(row) for row in found if row is not None]
 
     def to_arrow(self) -> pa.Table:
         """The view's current rows."""
@@ -172,7 +196,13 @@ class ViewOperator(Operator):
             values = table.drop_columns([KEY, DELETED]).select(self.schema.schema.names)
             for pk, row in zip(keys, values.to_pylist(), strict=True):
                 items.append((pickle.loads(pk), row))
-        self.rows.load(items)
+        windows: dict[Hashable, set[Any]] = {}
+        for pk, _ in items:
+            if isinstance(pk, tuple):
+                windows.setdefault(pk[0], set()).add(pk[1])
+        with self._lock:
+            self.rows.load(items)
+            self._windows = windows
 
     def snapshot(self, with_stores: bool = True) -> Any:
         schema = self.schema.schema.serialize().to_pybytes() if self.schema.schema.names else None

@@ -2,12 +2,15 @@
 
 A thread refreshes the snapshot every ``view_refresh_ms``: it reads the committed epochs from
 Kafka and the checkpoint files (never the workers), so queries never block processing. Each
-query runs on the latest snapshot, or on a time-travel snapshot built for it.
+query runs on the latest snapshot, or on a time-travel snapshot built for it. Point lookups
+(:meth:`ViewServer.get`) are the exception: they ask the worker owning the key (see
+:mod:`raystream.views.routing`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -20,6 +23,7 @@ from raystream.state.checkpoint import CheckpointStore
 from raystream.topology.plan import Plan, TaskId
 from raystream.views.engine import SqlEngine, SqlLimits
 from raystream.views.http import HttpServer
+from raystream.views.routing import lookup, routes
 from raystream.views.snapshot import (
     EPOCHS_TABLE,
     OFFSETS_TABLE,
@@ -30,6 +34,8 @@ from raystream.views.snapshot import (
 )
 
 log = logging.getLogger("raystream.views")
+
+_SERVER = re.compile(r"^raystream:(?P<app>.+):views$")
 
 
 def view_server_name(app: str) -> str:
@@ -52,6 +58,7 @@ class ViewServer:
         self.kafka = kafka
         self.runtime = runtime
         self.catalog = ViewCatalog.of(plan, tasks)
+        self.routes = routes(plan, self.catalog.views)
         self.store = CheckpointStore(runtime.checkpoints or "", app)
         self.loader = SnapshotLoader(self.store, self.catalog)
         self.limits = SqlLimits(
@@ -105,6 +112,15 @@ class ViewServer:
         finally:
             engine.close()
 
+    def get(self, view: str, key: Any) -> list[dict[str, Any]]:
+        """Point lookup: the rows of ``key`` in ``view`` from the worker that owns the key, as
+        of its last processed batch (see :mod:`raystream.views.routing` for what it may see)."""
+        route = self.routes.get(view)
+        if route is None:
+            known = ", ".join(sorted(self.routes)) or "none"
+            raise ViewQueryError(f"no view named {view!r} (views: {known})")
+        return lookup(self.app, view, route, key)
+
     def views(self) -> list[dict[str, Any]]:
         """Every view: name, columns, rows, the epochs it holds and how fresh it is."""
         snap = self.snapshot
@@ -156,33 +172,82 @@ class ViewServer:
         self.engine.close()
 
 
-def connect(app: str) -> Any:
-    """The view server actor of a running app (Ray must be initialised)."""
+def serving_apps() -> list[str]:
+    """The apps with a view server running on the connected Ray cluster, sorted."""
     import ray
 
     from raystream._runtime.driver import NAMESPACE
 
+    apps = set()
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if isinstance(entry, dict):
+            if entry.get("namespace") != NAMESPACE:
+                continue
+            name = str(entry.get("name", ""))
+        else:
+            name = str(entry)
+        match = _SERVER.match(name)
+        if match:
+            apps.add(match["app"])
+    return sorted(apps)
+
+
+def connect(app: str | None) -> Any:
+    """The view server actor of a running app (Ray must be initialised); with ``app`` None,
+    the only one running."""
+    import ray
+
+    from raystream._runtime.driver import NAMESPACE
+
+    if app is None:
+        apps = serving_apps()
+        if len(apps) != 1:
+            listed = ", ".join(apps) if apps else "none"
+            raise RaystreamError(
+                f"{len(apps)} apps serve views on this Ray cluster ({listed}): name one with "
+                "--app (or RAY_ADDRESS for another cluster)"
+            )
+        app = apps[0]
     try:
         return ray.get_actor(view_server_name(app), namespace=NAMESPACE)
     except ValueError as exc:
+        listed = ", ".join(serving_apps()) or "none"
         raise RaystreamError(
-            f"app {app!r} has no view server running: is it started (app.start / ray job "
-            "submit), and does it materialize a view? `raystream status` lists running apps"
+            f"app {app!r} has no view server running (apps serving views: {listed}): is it "
+            "started (app.start / ray job submit), and does it materialize a view?"
         ) from exc
+
+
+def call(server: Any, method: str, *args: Any) -> Any:
+    """Call a view-server method and wait; raystream errors raised there are raised here."""
+    import ray
+
+    try:
+        return ray.get(getattr(server, method).remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, RaystreamError):
+            raise exc.cause from None
+        raise
+    except ray.exceptions.RayActorError as exc:
+        raise RaystreamError(f"the view server stopped: {exc}") from exc
 
 
 def sql(app: str, query: str, *, as_of: float | None = None) -> pa.Table:
     """Run ``query`` over the views of the running app ``app`` (from any Ray driver)."""
-    import ray
-
     from raystream._runtime.driver import ensure_ray
 
     ensure_ray(None)
-    server = connect(app)
-    try:
-        result: pa.Table = ray.get(server.sql.remote(query, as_of))
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, ViewQueryError):
-            raise exc.cause from None
-        raise
+    result: pa.Table = call(connect(app), "sql", query, as_of)
     return result
+
+
+def get(app: str, view: str, key: Any) -> list[dict[str, Any]]:
+    """Point lookup in view ``view`` of the running app ``app`` (from any Ray driver): the rows
+    of ``key`` (one, or one per window; ``[]`` when unknown) as the worker owning the key holds
+    them now. Fresher than SQL, but may include records of an epoch not yet committed (see
+    :meth:`raystream.App.get`)."""
+    from raystream._runtime.driver import ensure_ray
+
+    ensure_ray(None)
+    rows: list[dict[str, Any]] = call(connect(app), "get", view, key)
+    return rows

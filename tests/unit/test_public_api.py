@@ -41,6 +41,7 @@ EXPECTED = [
     "count_distinct",
     "custom",
     "first",
+    "get",
     "hopping",
     "last",
     "max",
