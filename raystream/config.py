@@ -129,6 +129,7 @@ class RuntimeConfig:
             raise ConfigError("view_refresh_ms, sql_timeout_ms and sql_max_rows must be positive")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ConfigError("http_port: must be 0..65535 (0: a free port) or None (no HTTP)")
+        _check_http_token(self)
         if "{topic}" not in self.dlq_topic:
             raise ConfigError("dlq_topic: must contain '{topic}', e.g. '{topic}.dlq'")
         _check_observability(self)
@@ -163,6 +164,19 @@ def _check_types(cfg: RuntimeConfig) -> None:
         if wrong_bool or not isinstance(value, allowed):
             want = " or ".join("None" if o is type(None) else o.__name__ for o in options)
             raise ConfigError(f"{f.name}: must be {want}, got {value!r} ({type(value).__name__})")
+
+
+def _check_http_token(cfg: RuntimeConfig) -> None:
+    """SQL over HTTP beyond this machine needs a bearer token."""
+    from raystream.views.http import is_loopback
+
+    if cfg.http_port is not None and not is_loopback(cfg.http_host) and not cfg.http_token:
+        raise ConfigError(
+            f"http_token: required when http_host ({cfg.http_host!r}) is not a loopback "
+            "address, as the view server's SQL endpoint would be open to the network; set "
+            "http_token='<a long random secret>' (clients send 'Authorization: Bearer <token>'), "
+            "bind http_host='127.0.0.1', or turn HTTP off with http_port=None"
+        )
 
 
 def _check_observability(cfg: RuntimeConfig) -> None:
