@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Protocol
 
-from raystream.cli import demo, dev, dlq, generate, status
+from raystream.cli import demo, dev, dlq, generate, sql, status
 from raystream.errors import RaystreamError
 
 HOME_ENV = "RAYSTREAM_HOME"
@@ -35,7 +35,7 @@ class CommandGroup(Protocol):
 
 
 #: The command groups, in help order: one line per group.
-GROUPS: tuple[CommandGroup, ...] = (dev, demo, generate, status, dlq)
+GROUPS: tuple[CommandGroup, ...] = (dev, demo, generate, status, dlq, sql)
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -230,6 +230,11 @@ class CheckpointStore:
         """The store names that epoch ``ref``'s chain holds."""
         return sorted({name for m in self._chain(task, ref) for name in m.stores})
 
+    def chain(self, task: str, ref: EpochRef) -> list[EpochManifest]:
+        """The epochs whose files make up ``ref``'s state: its full base, then every delta up to
+        it (what :meth:`load` reads, for readers outside raystream such as plain DuckDB)."""
+        return self._chain(task, ref)
+
     def _chain(self, task: str, ref: EpochRef) -> list[EpochManifest]:
         """The epochs to read for ``ref``: its full base, then every delta up to it."""
         chain: list[EpochManifest] = []

@@ -144,13 +144,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _result(self, table: pa.Table, params: dict[str, str]) -> None:
         wants_arrow = params.get("format") == "arrow" or ARROW in (self.headers.get("Accept") or "")
         if wants_arrow:
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-            self._send(200, ARROW, sink.getvalue().to_pybytes())
+            self._send(200, ARROW, table_arrow(table))
             return
-        rows = [list(r.values()) for r in table.to_pylist()]
-        self._json(200, {"columns": table.column_names, "rows": rows})
+        self._send(200, "application/json", table_json(table))
 
     def _json(self, status: int, doc: Any) -> None:
         self._send(status, "application/json", json.dumps(doc, default=_jsonable).encode())
@@ -161,6 +157,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def table_json(table: pa.Table) -> bytes:
+    """``{"columns": [...], "rows": [[...], ...]}``: how HTTP and the CLI give results as JSON
+    (timestamps as ISO 8601 text, decimals as numbers, bytes as UTF-8 text)."""
+    rows = [list(r.values()) for r in table.to_pylist()]
+    return json.dumps({"columns": table.column_names, "rows": rows}, default=_jsonable).encode()
+
+
+def table_arrow(table: pa.Table) -> bytes:
+    """``table`` as Arrow IPC stream bytes (``application/vnd.apache.arrow.stream``)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _jsonable(v: Any) -> Any:

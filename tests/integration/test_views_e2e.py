@@ -94,6 +94,9 @@ def test_views_answer_consistently_under_load_and_exactly_at_the_end(job) -> Non
         )
         # A view has columns once its tasks committed a first epoch.
         while app.sql("SELECT count(*) AS c FROM raystream_epochs").to_pylist()[0]["c"] < 8:
+            if done.is_set():
+                failures.append("the views never showed a committed epoch of all 8 tasks")
+                return
             time.sleep(0.05)
         while not done.is_set():
             try:
