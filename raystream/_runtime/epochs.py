@@ -3,7 +3,8 @@
 Kafka's commit is the commit point. So that recovery knows exactly which checkpoint epoch went
 with the committed offsets, each task's epoch number and attempt are committed as the group's
 offsets of two partitions of an (empty) internal topic, in the same commit as its input offsets
-(the same transaction in exactly-once mode). Nothing is ever written to that topic.
+(the same transaction in exactly-once mode). The only records in that topic are empty ones that
+pad record-less transactions (the embedded broker drops their offsets otherwise): never read.
 """
 
 from __future__ import annotations

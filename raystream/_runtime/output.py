@@ -39,22 +39,37 @@ class OutputSink:
     With ``transactional_id`` the records of each epoch form one Kafka transaction:
     :meth:`start_transactions` once (fences an older producer with the same id), then
     :meth:`commit_epoch` at every epoch end.
+
+    ``pad_topic``: a transaction that would commit offsets without any record gets one empty
+    record (keyed by the transactional id) on partition 0 of that topic. The embedded broker
+    drops the offsets of record-less transactions after a producer's first one (BROKER.md); a
+    worker whose tasks only keep state or views commits such epochs all the time.
     """
 
-    def __init__(self, cfg: KafkaConfig, transactional_id: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        transactional_id: str | None = None,
+        pad_topic: str | None = None,
+        **extra: Any,
+    ) -> None:
         self._errors: list[str] = []
         self._lock = threading.Lock()
         if transactional_id is not None:
             extra = {"transactional.id": transactional_id, **extra}
         self.transactional = transactional_id is not None
+        self._txn_id = (transactional_id or "").encode()
+        self._pad_topic = pad_topic
         self.producer: Producer = producer(cfg, on_delivery_error=self._on_error, **extra)
         self.sent = 0
+        self._sent_at_begin = 0
 
     def start_transactions(self, timeout: float = 60.0) -> None:
         """Register the transactional id (fencing any older instance) and open a transaction."""
         try:
             self.producer.init_transactions(timeout)
             self.producer.begin_transaction()
+            self._sent_at_begin = self.sent
         except KafkaException as exc:
             raise _txn_error("starting transactions", exc) from exc
 
@@ -62,9 +77,12 @@ class OutputSink:
         """Commit the open transaction with ``offsets`` (the consumer group's new positions),
         then open the next one."""
         try:
+            if self.sent == self._sent_at_begin and self._pad_topic is not None:
+                self.producer.produce(self._pad_topic, value=b"", key=self._txn_id, partition=0)
             self.producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
             self.producer.commit_transaction(timeout)
             self.producer.begin_transaction()
+            self._sent_at_begin = self.sent
         except KafkaException as exc:
             raise _txn_error("committing an epoch", exc) from exc
 
