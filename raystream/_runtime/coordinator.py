@@ -6,10 +6,10 @@ consumer-group rebalancing: the coordinator owns the task -> worker mapping.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -22,6 +22,9 @@ from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.worker import Worker
 from raystream.config import KafkaConfig, RuntimeConfig
 from raystream.errors import ConfigError, RuntimeStateError, TopologyError
+from raystream.metrics import logcontext
+from raystream.metrics.aggregate import AppMetrics
+from raystream.metrics.server import MetricsServer
 from raystream.topology.nodes import SinkSpec
 from raystream.topology.plan import Plan, TaskId
 
@@ -70,6 +73,11 @@ class Coordinator:
         self._watchdog: threading.Thread | None = None
         #: Slots being replaced or rescaled: the watchdog leaves them alone.
         self._quiet: set[int] = set()
+        #: Every worker's metrics merged, served on the app's Prometheus endpoint.
+        self.metrics = AppMetrics(app)
+        self._metrics_server: MetricsServer | None = None
+        logcontext.install(runtime.log_level, runtime.log_format)
+        logcontext.bind(app=app)
 
     def start(self) -> dict[str, Any]:
         """Check topics, create the missing output topics, assign tasks, start the workers."""
@@ -97,13 +105,26 @@ class Coordinator:
                 [(t, p) for t in external if t not in written for p in range(partitions[t])],
             )
         self._assignments = assign(tasks, self.n_workers)
+        if self.runtime.metrics_port is not None:
+            self._metrics_server = MetricsServer(
+                self.metrics, self.runtime.metrics_host, self.runtime.metrics_port
+            )
+            log.info("app %s: Prometheus metrics at %s", self.app, self._metrics_server.url)
         for slot in range(self.n_workers):
             self._workers[slot] = self._new_worker(slot)
         self._state = "running"
         self._started_at = time.time()
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watchdog.start()
-        return {"tasks": [str(t) for t in tasks], "workers": self.n_workers}
+        return {
+            "tasks": [str(t) for t in tasks],
+            "workers": self.n_workers,
+            "metrics_url": self.metrics_url(),
+        }
+
+    def metrics_url(self) -> str | None:
+        """Where the app's Prometheus endpoint listens (None: turned off)."""
+        return self._metrics_server.url if self._metrics_server is not None else None
 
     def _new_worker(self, slot: int) -> Any:
         me = ray.get_runtime_context().current_actor
@@ -214,9 +235,11 @@ class Coordinator:
         )
 
     def worker_report(self, report: WorkerReport) -> None:
-        """Record a worker's state."""
+        """Record a worker's state and metrics."""
+        if report.metrics:
+            self.metrics.update(report.slot, report.pid, report.metrics)
         with self._lock:
-            self._reports[report.slot] = report
+            self._reports[report.slot] = dataclasses.replace(report, metrics={})
             if report.fatal and self._state == "running":
                 self._state = "failed"
 
@@ -239,7 +262,9 @@ class Coordinator:
         return self._state
 
     def status(self) -> dict[str, Any]:
-        """The app's state, task ownership and every worker's latest report."""
+        """The app's state, task ownership, every worker's latest report, per-task figures
+        (counts, rates, lag, epoch, dead letters) and the metrics endpoint."""
+        tasks = self.metrics.task_summary()
         with self._lock:
             return {
                 "app": self.app,
@@ -247,9 +272,11 @@ class Coordinator:
                 "coordinator_node": ray.get_runtime_context().get_node_id(),
                 "bounded": self.bounded,
                 "started_at": self._started_at,
+                "metrics_url": self.metrics_url(),
                 "assignments": {s: [str(t) for t in ts] for s, ts in self._assignments.items()},
                 "attempts": dict(self._attempts),
-                "workers": {s: asdict(r) for s, r in self._reports.items()},
+                "workers": {s: dataclasses.asdict(r) for s, r in self._reports.items()},
+                "tasks": tasks,
             }
 
     def worker_pids(self) -> dict[int, int]:
@@ -275,6 +302,7 @@ class Coordinator:
                 self._reports = {s: r for s, r in self._reports.items() if s < workers}
             for slot in range(workers, old):
                 ray.kill(self._workers.pop(slot), no_restart=True)
+            self.metrics.retire(range(workers, old))
             ray.get([self._workers[s].resume.remote() for s in range(min(old, workers))])
             for slot in range(old, workers):
                 self._workers[slot] = self._new_worker(slot)
@@ -299,4 +327,7 @@ class Coordinator:
         with self._lock:
             if self._state == "running":
                 self._state = "stopped"
-        return self.status()
+        status = self.status()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        return status

@@ -9,6 +9,8 @@ resumes by itself: it asks the coordinator for its tasks and seeks to the commit
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -16,7 +18,7 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,9 @@ from raystream.errors import (
     RuntimeStateError,
     UserFunctionError,
 )
+from raystream.metrics import logcontext
+from raystream.metrics.worker import WorkerMetrics
+from raystream.operators.view import ViewOperator
 from raystream.state.checkpoint import CheckpointStore
 from raystream.topology.nodes import SourceSpec
 from raystream.topology.plan import Plan
@@ -49,6 +54,9 @@ log = logging.getLogger("raystream.worker")
 
 #: Garbage-collect a task's old checkpoint epochs every this many epochs.
 _GC_EVERY = 20
+#: A call to Kafka (a commit, starting an attempt) blocked this long means the broker does not
+#: answer: the worker says so in its report and metrics while it keeps waiting.
+BROKER_SILENT_S = 5.0
 _OFFSET_BEGINNING = -2
 _OFFSET_END = -1
 
@@ -89,16 +97,41 @@ class Worker:
         self.runtime = runtime
         self.coordinator = coordinator
         self._stop = threading.Event()
+        #: The tasks whose state is loaded and processing (for point lookups), by task id.
+        self._live: dict[str, TaskRunner] = {}
         self._report = WorkerReport(slot, -1, os.getpid(), _node_id(), "starting")
+        logcontext.install(runtime.log_level, runtime.log_format)
+        self.metrics = WorkerMetrics(app, slot, ray_export=runtime.ray_metrics)
+        #: When the loop entered a blocking Kafka call (and which), None outside one.
+        self._kafka_wait: tuple[float, str] | None = None
         self._thread = threading.Thread(
             target=self._main, name=f"raystream-worker-{slot}", daemon=True
         )
         self._thread.start()
+        threading.Thread(
+            target=self._watch_broker, name=f"raystream-broker-watch-{slot}", daemon=True
+        ).start()
 
     # -- actor methods -----------------------------------------------------------------------
     def report(self) -> WorkerReport:
         """The worker's latest state."""
         return self._report
+
+    def get_view_rows(self, view: str, key: Any, tasks: list[str]) -> dict[str, Any]:
+        """Point lookup: the rows of ``key`` in view ``view`` held by those of ``tasks`` this
+        worker runs, as ``{"held": [task...], "rows": {task: [row...]}}``. The rows are the
+        latest processed state, fresher than the last committed epoch (see ViewOperator.get);
+        a task still recovering is not in ``held``."""
+        live = self._live  # replaced whole by the loop, never mutated: a consistent view
+        held = [t for t in tasks if t in live]
+        rows: dict[str, Any] = {}
+        for t in held:
+            for op in live[t].operators.values():
+                if isinstance(op, ViewOperator) and op.view == view:
+                    found = op.get(key)
+                    if found:
+                        rows[t] = found
+        return {"held": held, "rows": rows}
 
     def stop(self, timeout: float = 60.0) -> WorkerReport:
         """Drain: finish the current batch, commit, and stop the loop."""
@@ -123,18 +156,21 @@ class Worker:
 
     # -- the loop ----------------------------------------------------------------------------
     def _main(self) -> None:
+        logcontext.bind(app=self.app, worker=self.slot)
         backoff = 0.5
         while not self._stop.is_set():
             try:
                 assignment: Assignment = ray.get(self.coordinator.assignment.remote(self.slot))
                 done = self._run(assignment)
                 self._report.state = "finished" if done else "stopped"
+                self._report.metrics = self.metrics.snapshot(self._report.state)
                 self._send_report()
                 return
             except ProducerFencedError as exc:
                 # A newer instance of this slot runs the tasks now: this one is a zombie.
                 log.warning("worker %d: %s", self.slot, exc)
                 self._report.state = "fenced"
+                self._report.metrics = self.metrics.snapshot(self._report.state)
                 self._send_report()
                 return
             except (OperatorContractError, UserFunctionError, CheckpointError) as exc:
@@ -142,6 +178,7 @@ class Worker:
                 self._fail(exc, fatal=True)
                 return
             except Exception as exc:  # a broker outage, a failed delivery: retry from committed
+                self.metrics.retrying()
                 self._fail(exc, fatal=False)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -151,25 +188,60 @@ class Worker:
         self._report.state = "failed" if fatal else "retrying"
         self._report.last_error = f"{type(exc).__name__}: {exc}"
         self._report.fatal = fatal
+        self._report.metrics = self.metrics.snapshot(self._report.state)
+        self._report.broker_error = self.metrics.broker_error
         self._send_report()
+
+    def _watch_broker(self) -> None:
+        """While the loop is stuck in a Kafka call (a frozen or unreachable broker), say so:
+        broker down in the metrics, and a report with the reason, every second."""
+        while True:
+            time.sleep(1.0)
+            wait = self._kafka_wait
+            if wait is None:
+                continue
+            since, what = wait
+            silent = time.monotonic() - since
+            if silent < BROKER_SILENT_S or self._kafka_wait is not wait:
+                continue
+            self.metrics.broker_silent(f"no answer from Kafka for {silent:.0f}s ({what})")
+            report = dataclasses.replace(
+                self._report,
+                metrics=self.metrics.snapshot(self._report.state),
+                broker_error=self.metrics.broker_error,
+            )
+            self._send_report(report)
+
+    @contextlib.contextmanager
+    def _waiting_on_kafka(self, what: str) -> Iterator[None]:
+        self._kafka_wait = (time.monotonic(), what)
+        try:
+            yield
+        finally:
+            self._kafka_wait = None
 
     def _run(self, a: Assignment) -> bool:
         """Process the assignment until stopped (False) or, in bounded mode, done (True)."""
+        self._live = {}
         self._report.attempt = a.attempt
         exactly_once = self.runtime.guarantee is Guarantee.EXACTLY_ONCE
+        hooks = self.metrics.client_config()
         out = OutputSink(
             self.kafka,
             transactional_id=f"{self.app}-{self.slot}" if exactly_once else None,
             pad_topic=epochs_topic(self.app) if exactly_once else None,
+            **hooks,
         )
-        consumer = make_consumer(self.kafka, group_id=self.app)
+        consumer = make_consumer(self.kafka, group_id=self.app, **hooks)
         try:
-            if exactly_once:
-                out.start_transactions()
-            store = CheckpointStore(self.runtime.checkpoints or "", self.app)
-            tasks, routes = self._build_tasks(a, out, store)
-            owned = [tp for tp in routes if tp[0] not in self._global_topics(a)]
-            positions = self._recover(consumer, tasks, owned, routes, a)
+            with self._waiting_on_kafka("starting the attempt"):
+                if exactly_once:
+                    out.start_transactions()
+                store = CheckpointStore(self.runtime.checkpoints or "", self.app)
+                tasks, routes = self._build_tasks(a, out, store)
+                owned = [tp for tp in routes if tp[0] not in self._global_topics(a)]
+                positions = self._recover(consumer, tasks, owned, routes, a)
+                self._live = {str(t.runner.task): t.runner for t in tasks}
             global_positions = {tp: 0 for tp in routes if tp not in positions}
             self._report.state = "bootstrapping"
             self._bootstrap(consumer, tasks, routes, positions, global_positions)
@@ -217,6 +289,7 @@ class Worker:
                     self._update_report(runners, positions, consumer)
                     last_commit = time.monotonic()
         except BaseException:
+            self._live = {}
             out.abort()
             raise
         finally:
@@ -374,6 +447,23 @@ class Worker:
         """End the epoch of every task that did something: checkpoint its state, then commit
         outputs, input offsets and the tasks' (epoch, attempt) together (one Kafka transaction
         in exactly-once mode; flush then commit in at-least-once mode)."""
+        started = time.monotonic()
+        with self._waiting_on_kafka("committing an epoch"):
+            written = self._commit_tasks(consumer, out, tasks, positions, a)
+        if written:
+            self.metrics.committed([t.runner for t in written], time.monotonic() - started)
+        self._report.committed_at = time.time()
+        self._report.epoch = max((t.runner.epoch for t in tasks), default=0)
+
+    def _commit_tasks(
+        self,
+        consumer: Consumer,
+        out: OutputSink,
+        tasks: list[_Task],
+        positions: dict[tuple[str, int], int],
+        a: Assignment,
+    ) -> list[_Task]:
+        """The body of :meth:`_commit`; returns the tasks whose epoch was committed."""
         out.flush()
         topic = epochs_topic(self.app)
         offsets: list[TopicPartition] = []
@@ -411,8 +501,7 @@ class Worker:
                 t.checkpointer.store.gc(
                     str(t.runner.task), t.checkpointer.head.ref, self.runtime.checkpoint_retain
                 )
-        self._report.committed_at = time.time()
-        self._report.epoch = max((t.runner.epoch for t in tasks), default=0)
+        return written
 
     def _update_report(
         self,
@@ -432,11 +521,13 @@ class Worker:
             if high >= 0:
                 lag[f"{t}[{p}]"] = max(high - off, 0)
         r.lag = lag
+        r.metrics = self.metrics.observe(tasks, lag, r.state)
+        r.broker_error = self.metrics.broker_error
         self._send_report()
 
-    def _send_report(self) -> None:
+    def _send_report(self, report: WorkerReport | None = None) -> None:
         try:
-            self.coordinator.worker_report.remote(self._report)
+            self.coordinator.worker_report.remote(report or self._report)
         except Exception:  # the coordinator is gone: the app is stopping
             log.debug("worker %d: coordinator unreachable", self.slot)
 
