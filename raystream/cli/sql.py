@@ -159,9 +159,10 @@ def write_table(table: Any, fmt: str) -> None:
         out.write(render(table.column_names, table.to_pylist()) + "\n")
 
 
-def render(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    """A readable text table: a header, aligned columns (numbers to the right), a row count."""
-    cells = [[_cell(r[c]) for c in columns] for r in rows]
+def render(columns: list[str], rows: list[dict[str, Any]], whole: tuple[str, ...] = ()) -> str:
+    """A readable text table: a header, aligned columns (numbers to the right), a row count.
+    Cells are cut at :data:`MAX_CELL` characters, except in the ``whole`` columns."""
+    cells = [[_cell(r[c], c not in whole) for c in columns] for r in rows]
     numeric = [
         all(
             isinstance(r[c], int | float) and not isinstance(r[c], bool)
@@ -186,7 +187,7 @@ def render(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, cut: bool = True) -> str:
     if value is None:
         text = "NULL"
     elif isinstance(value, float):
@@ -198,7 +199,7 @@ def _cell(value: Any) -> str:
     else:
         text = str(value)
     text = text.replace("\n", "\\n")
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 3] + "..."
+    return text if not cut or len(text) <= MAX_CELL else text[: MAX_CELL - 3] + "..."
 
 
 def _views(args: argparse.Namespace) -> int:
@@ -229,7 +230,7 @@ def _views(args: argparse.Namespace) -> int:
                 "columns": ", ".join(v["columns"]),
             }
         )
-    print(render(["view", "rows", "epochs", "freshness", "columns"], rows))
+    print(render(["view", "rows", "epochs", "freshness", "columns"], rows, whole=("columns",)))
     return 0
 
 

@@ -197,6 +197,9 @@ def test_cli_sql_and_views(finished, capsys) -> None:  # type: ignore[no-untyped
     first = min(want)
     assert text[2].split() == [first, str(want[first]["n"]), str(want[first]["total"])]
 
+    now = str(time.time())
+    assert main(["sql", "--app", app.name, query, "--format", "json", "--as-of", now]) == 0
+    assert json.loads(capsys.readouterr().out) == doc  # time travel to now: the same answer
     assert main(["sql", "--app", app.name, "SELECT count(*) AS c FROM totals", "--as-of", "1"]) == 1
     assert "no epoch from that time" in capsys.readouterr().err
 
@@ -278,8 +281,12 @@ def test_plain_duckdb_reads_the_stopped_apps_views(finished, capsys) -> None:  #
     assert served["totals"] == [want[c] for c in sorted(want)]
     assert sum(r["n"] for r in served["crc_totals"]) == len(rows_c)
 
-    assert main(["views", "attach-sql", "--checkpoints", checkpoints, "--app", app.name]) == 0
+    args = ["views", "attach-sql", "--checkpoints", checkpoints, "--app", app.name]
+    assert main([*args, "--no-broker"]) == 0
+    assert "newest published" in capsys.readouterr().out
+    assert main([*args, "--brokers", kafka.brokers]) == 0
     printed = capsys.readouterr().out
+    assert "committed offsets in Kafka" in printed
     con = duckdb.connect()
     con.execute(printed)
     assert con.sql(queries["totals"]).fetchall() == [tuple(want[c].values()) for c in sorted(want)]
