@@ -44,8 +44,10 @@ def produce_json(bootstrap: str, topic: str, rows: Iterable[tuple[str, dict[str,
     return produce(bootstrap, topic, ((k.encode(), json.dumps(v).encode()) for k, v in rows))
 
 
-def read_all(bootstrap: str, topic: str, idle_s: float = 1.0, timeout: float = 60) -> list[Msg]:
-    """Every record of ``topic``, partition by partition in offset order."""
+def read_all(bootstrap: str, topic: str, timeout: float = 120) -> list[Msg]:
+    """Every record of ``topic``, partition by partition in offset order: read until every
+    partition reports its end (the fetch high watermark), never cut short by a pause in
+    fetching, which a loaded machine makes long."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     md = admin.list_topics(timeout=10)
     assert topic in md.topics, f"topic {topic} does not exist"
@@ -63,13 +65,8 @@ def read_all(bootstrap: str, topic: str, idle_s: float = 1.0, timeout: float = 6
         c.assign([TopicPartition(topic, p, 0) for p in range(n)])
         eof: set[int] = set()
         deadline = time.monotonic() + timeout
-        last = time.monotonic()
         while len(eof) < n and time.monotonic() < deadline:
-            msgs = c.consume(10_000, 0.2)
-            if not msgs and time.monotonic() - last > idle_s:
-                break
-            for m in msgs:
-                last = time.monotonic()
+            for m in c.consume(10_000, 0.2):
                 err = m.error()
                 if err is not None:
                     if err.code() == -191:  # _PARTITION_EOF
@@ -87,6 +84,11 @@ def read_all(bootstrap: str, topic: str, idle_s: float = 1.0, timeout: float = 6
                         {k: (v or b"").decode() for k, v in (m.headers() or [])},
                     )
                 )
+        if len(eof) < n:
+            raise AssertionError(
+                f"read_all({topic!r}): partitions {sorted(set(range(n)) - eof)} did not reach "
+                f"their end within {timeout}s ({len(out)} records read)"
+            )
     finally:
         c.close()
     out.sort(key=lambda m: (m.partition, m.offset))
