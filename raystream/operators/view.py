@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from raystream.errors import ConfigError, OperatorContractError
-from raystream.operators.base import Batch, Operator, OperatorSpec, Row
+from raystream.operators.base import Batch, Operator, OperatorSpec, Row, TaskContext
 from raystream.operators.joins_base import SideSchema, tombstone_mask, value_columns
 from raystream.operators.keyed import check_scalar_keys
 from raystream.state.checkpoint import DELETED, KEY
@@ -57,6 +57,9 @@ class ViewSpec(OperatorSpec):
     key_column: str | None = None
     #: Drop windowed rows once ``window_end < watermark - retention_ms`` (None: keep all).
     retention_ms: int | None = None
+    #: The input is a global table, which every task holds whole: only the task of partition 0
+    #: keeps the view's rows, so the view holds each row once.
+    replicated: bool = False
     kind = "view"
 
     def __post_init__(self) -> None:
@@ -86,10 +89,15 @@ class ViewOperator(Operator):
         self.watermark: int | None = None
         self._swept: int | None = None
         self._lock = threading.Lock()
+        self._replicated = spec.replicated
+        self._keeps_rows = True
+
+    def open(self, ctx: TaskContext) -> None:
+        self._keeps_rows = not self._replicated or ctx.partition == 0
 
     # -- processing --------------------------------------------------------------------------
     def process(self, batch: Batch) -> Sequence[Batch | None]:
-        if batch.num_rows == 0:
+        if batch.num_rows == 0 or not self._keeps_rows:
             return [batch]
         check_scalar_keys(batch.keys, self.name)
         dead = tombstone_mask(batch.data, self.name)

@@ -28,6 +28,9 @@ class Table:
     or join it with another table (``table.join(other)``).
     """
 
+    #: Whether every task holds all of it (a global table).
+    _replicated = False
+
     def __init__(
         self,
         app: App,
@@ -84,7 +87,9 @@ class Table:
         epoch). Returns this table."""
         if name is not None and name in self._graph.names.values():
             raise TopologyError(f"operator name {name!r} is used twice: names must be unique")
-        spec = ViewSpec(check_view_name(view), self._key_field or "key")
+        spec = ViewSpec(
+            check_view_name(view), self._key_field or "key", replicated=self._replicated
+        )
         node = self._graph.add(spec, (self._node, self._port), name)
         return type(self)(self._app, node, 0, self._key_field, self._schema)
 
@@ -92,6 +97,8 @@ class Table:
 class GlobalTable(Table):
     """A small table copied whole into every task: joined by a field of the stream record
     (``stream.join(global_table, on="merchant_id")``), no co-partitioning needed."""
+
+    _replicated = True
 
     def join(self, other: Table, **kwargs: object) -> Table:
         raise TopologyError(

@@ -235,3 +235,27 @@ def test_a_global_table_joined_to_nothing_is_refused() -> None:
     app.stream("payments").to("out")
     with pytest.raises(TopologyError, match="not joined to any stream"):
         app.plan()
+
+
+def test_a_materialized_global_table_holds_each_row_once_across_tasks() -> None:
+    # Every task holds the whole global table; only the task of partition 0 keeps the view's
+    # rows, or SQL over the view would see every merchant once per task.
+    app = rs.App("gview", brokers="unused:1")
+    merchants = app.global_table("merchants", key="merchant_id").materialize("merchants")
+    app.stream("payments", key="customer_id").join(merchants, on="merchant_id").to("out")
+    d = TopologyTestDriver(app, partitions=3)
+    d.pipe(
+        "merchants",
+        [{"merchant_id": f"m{i}", "mcc": i} for i in range(4)],
+        keys=["m0", "m1", "m2", "m3"],
+    )
+    views = [
+        op
+        for task in d._tasks.values()
+        for op in task.operators.values()
+        if getattr(op, "view", None) == "merchants"
+    ]
+    assert len(views) == 3
+    assert sorted(op.to_arrow().num_rows for op in views) == [0, 0, 4]
+    d.pipe("payments", [{"customer_id": "c1", "merchant_id": "m2"}], keys=["c1"], partition=2)
+    assert [r.json()["mcc"] for r in d.read("out")] == [2]  # the join still sees the table
