@@ -1,8 +1,10 @@
-"""The README's demo command, as a user runs it: `raystream demo` on a fresh home."""
+"""The README's demo command, as a user runs it: `raystream demo` on a fresh home: the fraud job
+on generated payments, its alerts by SQL."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 from raystream.dev.stack import dev_down, read_state
 
 
-def test_demo_runs_a_real_job_and_reports_it(tmp_path: Path) -> None:
+def test_demo_runs_the_fraud_job_and_prints_its_top_alerts(tmp_path: Path) -> None:
     home = tmp_path / "home"
     raystream_bin = str(Path(sys.executable).parent / "raystream")
     try:
@@ -26,8 +28,14 @@ def test_demo_runs_a_real_job_and_reports_it(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "state          finished" in out
-    assert "payments read  5,000" in out
-    assert "records out    5,000" in out
+    assert "dead letters   0" in out
+    # 5,000 payments: 5 injected instances of each of the 5 patterns, each alerted once.
+    assert "alerts         25 for 25 injected instances" in out
+    assert "SQL> SELECT rule, alerts" in out
+    for rule in ("velocity", "amount_spike", "country_mismatch", "many_merchants", "card_testing"):
+        assert re.search(rf"^  {rule} +5 alerts", out, re.MULTILINE), rule
+    assert "SQL> SELECT customer_id, alerts, round(risk, 3)" in out
+    assert len(re.findall(r"^  c\d{6}  risk ", out, re.MULTILINE)) == 5
     assert "Ray dashboard: http://127.0.0.1:" in out
     assert "dev stack stopped" in out
     assert read_state(home) is None
