@@ -1,0 +1,317 @@
+"""End-to-end latency of the order saga at a steady order rate (the seed's floor: 10,000 orders
+per minute, sub-second).
+
+    python -m bench.orders_latency                       # 10,000 orders/min for 60 s
+    python -m bench.orders_latency --rate 20000 --duration 120 --out bench/results/x.json
+
+Starts an embedded broker (or uses ``--bootstrap``) and a local Ray, runs ``order-processing``
+(the saga and the ``orders`` projection) and its simulated services, exactly-once, then writes
+``OrderCreated`` events at ``--rate`` orders per minute with ``ts`` = the wall-clock time each is
+produced. A read_committed consumer of ``order.events`` notes when each order's terminal event
+(OrderCompleted / OrderCancelled) becomes readable; latency = that moment - the order's ``ts``
+(carried in every event as ``created_ts``). Every order's terminal state is checked against its
+fate; a run with a wrong or missing order fails (exit status 1).
+
+Latency includes the waits the simulated shipping service injects (its fated delay, and for
+"timeout" fates the saga's timeout), so figures are given per path: ``no_shipping_wait`` (orders
+cancelled before shipping), ``shipping_ok`` (confirmed after 0-10% of the timeout), and for all
+orders ``minus_injected_wait`` (the processing time the system itself added).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Arrivals:
+    """Terminal events seen by the reader: order id -> (latency ms, state, reason)."""
+
+    seen: dict[str, tuple[int, str, str | None]] = field(default_factory=dict)
+    #: (order id, event type) -> the saga's processing time when it decided the event.
+    steps: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: order id -> when its terminal event became readable (ms) and its created_ts.
+    times: dict[str, tuple[int, int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def read_terminals(
+    bootstrap: str, topic: str, partitions: int, out: Arrivals, stop: threading.Event
+) -> None:
+    """Follow ``topic`` from the start with read_committed; note each order's terminal event."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-reader-{time.monotonic_ns()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    try:
+        while not stop.is_set():
+            for m in c.consume(10_000, 0.05):
+                if m.error() is not None or m.value() is None:
+                    continue
+                now = int(time.time() * 1000)
+                e = json.loads(m.value())
+                out.steps.setdefault((e["order_id"], e["type"]), int(e["ts"]))
+                if e["type"] in ("OrderCompleted", "OrderCancelled"):
+                    out.times.setdefault(e["order_id"], (now, int(e["created_ts"])))
+                    with out.lock:
+                        out.seen.setdefault(
+                            e["order_id"], (now - int(e["created_ts"]), e["type"], e["reason"])
+                        )
+    finally:
+        c.close()
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50 / p99 / max (ms) and the count of ``values``."""
+    if not values:
+        return {"n": 0}
+    v = sorted(values)
+
+    def at(q: float) -> float:
+        return float(v[min(len(v) - 1, int(q * len(v)))])
+
+    return {"n": len(v), "p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": float(v[-1])}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    import raystream as rs
+    from jobs import order_services
+    from jobs.order_processing import OrderTopics, build, ensure_topics
+    from raystream._kafka.admin import Topics
+    from raystream.config import KafkaConfig
+    from raystream.dev.broker import EmbeddedBroker
+    from raystream.generate.orders import OrdersSpec, expected_outcome, fate
+    from raystream.generate.publish import publish_orders
+
+    broker = None if args.bootstrap else EmbeddedBroker().start()
+    bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
+    ray.init(
+        address=args.ray_address,
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        namespace="raystream",
+        log_to_driver=False,
+    )
+    count = int(args.rate / 60.0 * args.duration)
+    spec = OrdersSpec(count=count, seed=args.seed, shipping_timeout_ms=args.shipping_timeout_ms)
+    prefix = f"bench{int(time.time())}."
+    topics = OrderTopics(prefix)
+    Topics(KafkaConfig(bootstrap)).ensure({topics.inbox: args.partitions})
+    settings: dict[str, Any] = {
+        "brokers": bootstrap,
+        "checkpoints": (Path(args.workdir) / f"{prefix}ck").resolve().as_uri(),
+        "commit_interval_ms": args.commit_interval_ms,
+        "poll_timeout_ms": args.poll_timeout_ms,
+        "consumer_config": {"fetch.wait.max.ms": args.fetch_wait_ms},
+        "view_refresh_ms": args.view_refresh_ms,
+        "checkpoint_compact_every": args.compact_every,
+        "metrics_port": None,
+    }
+    saga = rs.App(f"{prefix}orders", **settings)
+    build(saga, topics, shipping_timeout_ms=spec.shipping_timeout_ms)
+    ensure_topics(saga.kafka_config(), topics)
+    services = rs.App(f"{prefix}services", **{**settings, "guarantee": args.services_guarantee})
+    order_services.build(services, spec, topics)
+    helpers = services.start(workers=args.service_workers)
+    running = saga.start(workers=args.workers)
+    arrivals = Arrivals()
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=read_terminals,
+        args=(bootstrap, topics.events, args.partitions, arrivals, stop),
+        daemon=True,
+    )
+    reader.start()
+    try:
+        for app_run in (running, helpers):  # every worker past recovery and table loading
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                states = [w["state"] for w in app_run.status()["workers"].values()]
+                if states and all(s == "running" for s in states):
+                    break
+                time.sleep(0.2)
+        load = os.getloadavg()[0]
+        started = time.monotonic()
+        published = publish_orders(
+            bootstrap,
+            spec,
+            topic=topics.inbox,
+            partitions=args.partitions,
+            rate=args.rate / 60.0,
+            live_time=True,
+        )
+        produced_s = time.monotonic() - started
+        deadline = time.monotonic() + 60 + 4 * spec.shipping_timeout_ms / 1000
+        while time.monotonic() < deadline and len(arrivals.seen) < published.count:
+            time.sleep(0.2)
+        drained_s = time.monotonic() - started
+    finally:
+        stop.set()
+        reader.join(10)
+        saga_result = running.stop()
+        services_result = helpers.stop()
+        ray.shutdown()
+        if broker is not None:
+            broker.stop()
+
+    wrong, missing = [], []
+    overall, minus_wait, no_wait, ship_ok = [], [], [], []
+    for i in range(published.count):
+        oid = f"o{i:09d}"
+        got = arrivals.seen.get(oid)
+        if got is None:
+            missing.append(oid)
+            continue
+        latency, kind, reason = got
+        want = expected_outcome(oid, spec)
+        if (kind.removeprefix("Order"), reason) != (want.state, want.reason):
+            wrong.append(oid)
+        f = fate(oid, spec)
+        reached_shipping = f.payment == "ok" and f.stock == "ok"
+        waited = 0
+        if reached_shipping:
+            waited = spec.shipping_timeout_ms if f.shipping == "timeout" else f.shipping_delay_ms
+            if f.shipping == "ok":
+                ship_ok.append(latency)
+        else:
+            no_wait.append(latency)
+        overall.append(latency)
+        minus_wait.append(latency - waited)
+    # Where the time goes, for orders that completed: each step is one hop from the saga to a
+    # service and back (two epochs, two topics), except the first (inbox -> saga).
+    names = ("inbox_to_saga", "payment", "inventory", "shipping_minus_delay", "log_to_reader")
+    hops: dict[str, list[float]] = {k: [] for k in names}
+    st = arrivals.steps
+    for i in range(published.count):
+        oid = f"o{i:09d}"
+        if (oid, "OrderCompleted") not in st or oid not in arrivals.times:
+            continue
+        readable, created = arrivals.times[oid]
+        hops["inbox_to_saga"].append(st[(oid, "OrderCreated")] - created)
+        hops["payment"].append(st[(oid, "PaymentProcessed")] - st[(oid, "OrderCreated")])
+        hops["inventory"].append(st[(oid, "InventoryReserved")] - st[(oid, "PaymentProcessed")])
+        hops["shipping_minus_delay"].append(
+            st[(oid, "ShipmentScheduled")]
+            - st[(oid, "InventoryReserved")]
+            - fate(oid, spec).shipping_delay_ms
+        )
+        hops["log_to_reader"].append(readable - st[(oid, "OrderCompleted")])
+    return {
+        "breakdown_completed": {k: percentiles(v) for k, v in hops.items()},
+        "meta": {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "load_1m_before": round(load, 2),
+            "python": platform.python_version(),
+            "broker": "external" if args.bootstrap else "embedded (Tansu)",
+        },
+        "config": {
+            "rate_per_min": args.rate,
+            "duration_s": args.duration,
+            "partitions": args.partitions,
+            "saga_workers": args.workers,
+            "service_workers": args.service_workers,
+            "commit_interval_ms": args.commit_interval_ms,
+            "poll_timeout_ms": args.poll_timeout_ms,
+            "fetch_wait_max_ms": args.fetch_wait_ms,
+            "view_refresh_ms": args.view_refresh_ms,
+            "checkpoint_compact_every": args.compact_every,
+            "shipping_timeout_ms": spec.shipping_timeout_ms,
+            "guarantee": "exactly_once",
+            "services_guarantee": args.services_guarantee,
+        },
+        "orders": published.count,
+        "produced_per_min": round(published.count / produced_s * 60, 1),
+        "produce_seconds": round(produced_s, 2),
+        "all_terminal_after_s": round(drained_s, 2),
+        "terminal": len(arrivals.seen),
+        "wrong": len(wrong),
+        "missing": len(missing),
+        "latency": {
+            "all": percentiles(overall),
+            "no_shipping_wait": percentiles(no_wait),
+            "shipping_ok": percentiles(ship_ok),
+            "minus_injected_wait": percentiles(minus_wait),
+        },
+        "apps": {
+            "saga": {"state": saga_result.state, "in": saga_result.records_in},
+            "services": {"state": services_result.state, "in": services_result.records_in},
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=10_000, help="orders per minute")
+    parser.add_argument("--duration", type=float, default=60, help="seconds of orders")
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="saga workers")
+    parser.add_argument("--service-workers", type=int, default=1)
+    parser.add_argument("--commit-interval-ms", type=int, default=50, help="epoch length")
+    parser.add_argument("--poll-timeout-ms", type=int, default=10, help="worker poll wait")
+    parser.add_argument("--fetch-wait-ms", type=int, default=10, help="fetch.wait.max.ms")
+    parser.add_argument("--shipping-timeout-ms", type=int, default=5_000)
+    parser.add_argument(
+        "--view-refresh-ms", type=int, default=5_000, help="how often the orders view refreshes"
+    )
+    parser.add_argument(
+        "--compact-every", type=int, default=50, help="epochs between full checkpoints"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--services-guarantee",
+        default="exactly_once",
+        choices=["exactly_once", "at_least_once"],
+        help="the simulated services' guarantee (the saga is always exactly-once)",
+    )
+    parser.add_argument("--bootstrap", default=None, help="a fresh broker (default: embedded)")
+    parser.add_argument("--ray-address", default="local", help="'local' starts a new Ray")
+    parser.add_argument("--num-cpus", type=int, default=None)
+    parser.add_argument("--workdir", default="/tmp", help="where checkpoints go")
+    parser.add_argument("--out", type=Path, default=RESULTS / "orders_latency.json")
+    args = parser.parse_args(argv)
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    lat = result["latency"]
+    print(
+        f"{result['orders']:,} orders at {result['produced_per_min']:,.0f}/min; "
+        f"{result['terminal']:,} terminal, {result['wrong']} wrong, {result['missing']} missing"
+    )
+    for name, p in lat.items():
+        if p.get("n"):
+            print(
+                f"  {name:<20} n={p['n']:>6,}  p50 {p['p50_ms']:>7.0f} ms  "
+                f"p99 {p['p99_ms']:>7.0f} ms  max {p['max_ms']:>7.0f} ms"
+            )
+    print("  where the time goes (completed orders):")
+    for name, p in result["breakdown_completed"].items():
+        if p.get("n"):
+            print(f"    {name:<22} p50 {p['p50_ms']:>6.0f} ms  p99 {p['p99_ms']:>6.0f} ms")
+    print(f"written to {args.out}")
+    return 0 if result["wrong"] == 0 and result["missing"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""The two flagship jobs submitted with `ray job submit --working-dir .` to `raystream dev up`,
+as the README shows: the fraud job (bounded) prints every rule's alerts, the order job (for a
+while) prints every order in the state its fate implies."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from raystream.dev.stack import DevState, dev_down, dev_up
+from raystream.generate.fraud import PATTERNS, FraudSpec
+from raystream.generate.orders import OrdersSpec
+from raystream.generate.publish import PaymentTopics, publish_orders, publish_payments
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevState]:
+    home = tmp_path_factory.mktemp("jobshome")
+    state = dev_up(home)
+    try:
+        yield state
+    finally:
+        dev_down(home)
+
+
+def submit(stack: DevState, job_id: str, *entrypoint: str) -> str:
+    env = {**os.environ, **stack.environment()}
+    address = ["--address", stack.dashboard_url]
+    proc = subprocess.run(
+        [RAY, "job", "submit", *address, "--no-wait", "--submission-id", job_id,
+         "--working-dir", str(REPO), "--", "python", *entrypoint],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status = ""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [RAY, "job", "status", *address, job_id],
+            env=env, capture_output=True, text=True, timeout=60,
+        ).stdout.lower()  # fmt: skip
+        if any(s in status for s in ("succeeded", "failed", "stopped")):
+            break
+        time.sleep(1)
+    logs = subprocess.run(
+        [RAY, "job", "logs", *address, job_id], env=env, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "succeeded" in status, status[-2000:] + "\n--- job logs ---\n" + logs[-5000:]
+    return logs
+
+
+def test_fraud_job_submitted_to_the_dev_stack(dev_stack: DevState) -> None:
+    spec = FraudSpec(count=10_000, seed=41, instances_per_pattern=3)
+    publish_payments(
+        dev_stack.broker_bootstrap,
+        spec,
+        topics=PaymentTopics("sub.payments", "sub.customers", "sub.merchants"),
+        partitions=4,
+    )
+    logs = submit(
+        dev_stack, "fraud-1", "jobs/fraud_detection.py",
+        "--app", "sub-fraud", "--prefix", "sub.", "--workers", "2", "--bounded",
+    )  # fmt: skip
+    assert "sub-fraud: finished" in logs and "dead_letters=0" in logs
+    for rule in PATTERNS:
+        assert re.search(rf"^{rule} +3 +3 ", logs, re.MULTILINE), (rule, logs[-3000:])
+
+
+def test_order_job_submitted_to_the_dev_stack(dev_stack: DevState) -> None:
+    spec = OrdersSpec(count=400, seed=42, shipping_timeout_ms=3_000)
+    published = publish_orders(dev_stack.broker_bootstrap, spec, topic="sub.orders", partitions=4)
+    logs = submit(
+        dev_stack, "orders-1", "jobs/order_processing.py",
+        "--app", "sub-orders", "--prefix", "sub.", "--workers", "2", "--timeout", "30",
+        "--seed", "42", "--shipping-timeout-ms", "3000",
+    )  # fmt: skip
+    assert "sub-orders: stopped" in logs and "dead_letters=0" in logs
+    want = Counter((t["state"], t["reason"] or "") for t in published.truth)
+    got = Counter()
+    for state, reason, n in re.findall(r"^  (Completed|Cancelled) +(\w*) +([\d,]+) ", logs, re.M):
+        got[(state, reason)] = int(n.replace(",", ""))
+    assert got == want, logs[-3000:]
