@@ -121,7 +121,8 @@ def check(app: rs.App, broker: EmbeddedBroker, unique: str, rows: list[dict]) ->
     extra = got - expected_windows
     assert not missing and not extra, (
         f"{sum(missing.values())} windows missing, {sum(extra.values())} extra "
-        f"(of {sum(expected_windows.values())}; {len(out) - len(kept)} aborted records dropped)"
+        f"(of {sum(expected_windows.values())}; {len(out) - len(kept)} aborted records dropped); "
+        f"by task: {_where(missing, kept)}"
     )
     totals: dict[str, tuple[int, int]] = {}
     for task, head in heads.items():
@@ -135,6 +136,16 @@ def check(app: rs.App, broker: EmbeddedBroker, unique: str, rows: list[dict]) ->
             assert c not in totals, f"{c} in two tasks"
             totals[c] = (n, total)
     assert totals == expected_totals
+
+
+def _where(missing: Counter, kept: list) -> dict[str, tuple[int, int, int]]:
+    """Where the missing windows are: per task, how many and their first and last start."""
+    task_of = {m.json()["customer"]: m.headers.get("rs.task", "?") for m in kept}
+    by: dict[str, list[int]] = defaultdict(list)
+    for w in missing:
+        customer, start = json.loads(w)[:2]
+        by[task_of.get(customer, "?")].append(start)
+    return {t: (len(v), min(v), max(v)) for t, v in sorted(by.items())}
 
 
 def run_with(
