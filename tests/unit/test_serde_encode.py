@@ -1,0 +1,70 @@
+"""JSON.encode's columnar path writes the very bytes the row-by-row json.JSONEncoder writes."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raystream.serde import JSON, _encode_json_columns, encode_keys
+
+
+def _rowwise(data: pa.RecordBatch) -> list[bytes]:
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    return [dumps(row).encode() for row in data.to_pylist()]
+
+
+_COLUMNS: dict[str, tuple[pa.DataType, st.SearchStrategy[Any]]] = {
+    "i64": (pa.int64(), st.integers(-(2**63), 2**63 - 1)),
+    "u8": (pa.uint8(), st.integers(0, 255)),
+    "f64": (pa.float64(), st.floats(allow_nan=True, allow_infinity=True)),
+    "f32": (pa.float32(), st.floats(width=32, allow_nan=False, allow_infinity=False)),
+    "str": (pa.string(), st.text()),
+    "ascii": (pa.string(), st.text(st.characters(min_codepoint=32, max_codepoint=126))),
+    "bool": (pa.bool_(), st.booleans()),
+}
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> pa.RecordBatch:
+    n = draw(st.integers(0, 12))
+    names = draw(st.lists(st.sampled_from(sorted(_COLUMNS)), min_size=0, max_size=5))
+    cols: dict[str, pa.Array] = {}
+    for j, kind in enumerate(names):
+        typ, values = _COLUMNS[kind]
+        vals = draw(st.lists(st.none() | values, min_size=n, max_size=n))
+        name = draw(st.sampled_from([f"{kind}{j}", f'q"{j}', f"é{j}", f"k\n{j}"]))
+        cols[name] = pa.array(vals, typ)
+    if not cols:
+        return pa.RecordBatch.from_pydict({})
+    return pa.RecordBatch.from_pydict(cols)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches())
+def test_columnar_encoding_is_byte_identical_to_the_row_path(data: pa.RecordBatch) -> None:
+    assert JSON().encode(data) == _rowwise(data)
+
+
+def test_the_columnar_path_takes_the_common_types_and_declines_the_rest() -> None:
+    plain = pa.RecordBatch.from_pydict(
+        {"id": ["c1", None], "n": [1, None], "total": [0.1, 1e20], "ok": [True, None]}
+    )
+    assert _encode_json_columns(plain) == [
+        b'{"id":"c1","n":1,"total":0.1,"ok":true}',
+        b'{"id":null,"n":null,"total":1e+20,"ok":null}',
+    ]
+    nan = pa.RecordBatch.from_pydict({"x": [math.nan]})
+    assert _encode_json_columns(nan) is None and JSON().encode(nan) == [b'{"x":NaN}']
+    when = pa.RecordBatch.from_pydict({"t": pa.array([datetime(2026, 1, 1)], pa.timestamp("ms"))})
+    assert _encode_json_columns(when) is None
+    assert JSON().encode(when) == [b'{"t":"2026-01-01T00:00:00"}']
+
+
+def test_string_keys_encode_as_utf8() -> None:
+    assert encode_keys(pa.array(["a", None, "é"])) == [b"a", None, "é".encode()]
