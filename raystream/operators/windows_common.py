@@ -154,6 +154,13 @@ class KeyedAggregateBase(Operator):
         """
         n_groups = len(accs_per_group)
         partials = batch_partials(self.aggs, table, gid, n_groups, ts, seq)
+        if not self._custom and self.aggs:  # merge column by column
+            columns: list[list[Any]] = []
+            for i, agg in enumerate(self.aggs):
+                merge, part = agg.merge, partials[i]
+                assert part is not None
+                columns.append([merge(a[i], b) for a, b in zip(accs_per_group, part, strict=True)])
+            return list(zip(*columns, strict=True))
         out = [list(a) for a in accs_per_group]
         for i, agg in enumerate(self.aggs):
             part = partials[i]

@@ -57,20 +57,27 @@ class TimeWindowAggregateOperator(WindowOperatorBase):
         rec, start = rec[order], start[order]
         changed: list[tuple[Any, int]] = []
         if len(rec):
-            gid, n_groups, rep = group_ids(p.codes[rec], start)
-            accs: list[tuple[Any, ...]] = []
-            for g in range(n_groups):
-                key = p.uniques[p.codes[rec[rep[g]]]]
-                s = int(start[rep[g]])
-                current = self.store.get((key, s))
+            gid, _, rep = group_ids(p.codes[rec], start)
+            uniques = p.uniques
+            changed = list(
+                zip(
+                    [uniques[c] for c in p.codes[rec[rep]].tolist()],
+                    start[rep].tolist(),
+                    strict=True,
+                )
+            )
+            get = self.store.get
+            accs: list[tuple[Any, ...]] = [get(skey) for skey in changed]
+            # Built-in accumulators are immutable: new windows can share one initial tuple.
+            shared = None if self._custom else self._initial()
+            for g, current in enumerate(accs):
                 if current is None:
-                    current = self._initial()
-                    self._index(key, s)
-                accs.append(current)
-                changed.append((key, s))
+                    accs[g] = self._initial() if shared is None else shared
+                    self._index(*changed[g])
             folded = self._fold(accs, self._value_table(p, rec), gid, ts[rec], p.seq[rec])
+            put = self.store.put
             for skey, acc in zip(changed, folded, strict=True):
-                self.store.put(skey, acc)
+                put(skey, acc)
         return ~accepted, last_start, last_start + size, changed
 
     def _index(self, key: Any, start: int) -> None:
