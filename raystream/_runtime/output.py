@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError as _RdKafkaError
@@ -118,6 +119,40 @@ class OutputSink:
             except KafkaException as exc:
                 raise _produce_error(topic, value, exc) from exc
         self.sent += 1
+
+    def send_batch(
+        self,
+        topic: str,
+        values: Sequence[bytes | None],
+        keys: Sequence[bytes | None],
+        timestamps: Sequence[int],
+        headers: Headers | None,
+    ) -> list[tuple[int, RecordTooLargeError]]:
+        """Queue records for ``topic`` (as :meth:`send` each, in order); returns the records
+        refused as too large, by index, instead of raising for them."""
+        produce = self.producer.produce
+        refused: list[tuple[int, RecordTooLargeError]] = []
+        i = 0
+        try:
+            for i, (v, k, ts) in enumerate(zip(values, keys, timestamps, strict=True)):
+                try:
+                    produce(topic, value=v, key=k, timestamp=ts, headers=headers)
+                except BufferError:
+                    try:
+                        self.send(topic, v, k, ts, headers)  # waits for room
+                    except RecordTooLargeError as too_big:
+                        refused.append((i, too_big))
+                        continue
+                    self.sent -= 1  # counted below with the others
+                except KafkaException as exc:
+                    err = _produce_error(topic, v, exc)
+                    if not isinstance(err, RecordTooLargeError):
+                        raise err from exc
+                    refused.append((i, err))
+            i = len(values)
+        finally:
+            self.sent += i - len(refused)
+        return refused
 
     def poll(self) -> None:
         """Serve delivery reports without blocking."""

@@ -335,8 +335,17 @@ class TaskRunner:
                 (hdr.DLQ_OPERATOR, late_op.encode()),
             ]
             self.counters.late_by[late_op] = self.counters.late_by.get(late_op, 0) + len(values)
-        send = self.out.send
         topic = sink.topic
+        send_batch = getattr(self.out, "send_batch", None)
+        if send_batch is not None:  # one call for the batch (OutputSink)
+            too_large: list[tuple[int, RecordTooLargeError]] = send_batch(
+                topic, values, keys, stamps, headers
+            )
+            for i, exc in too_large:
+                self._too_large(batch, i, self.names[node_id], exc)
+            self.counters.records_out += len(values) - len(too_large)
+            return
+        send = self.out.send
         refused = 0
         for i, (v, k, ts) in enumerate(zip(values, keys, stamps, strict=True)):
             try:
