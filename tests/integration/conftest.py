@@ -9,6 +9,7 @@ import pytest
 import ray
 
 from raystream.dev.broker import EmbeddedBroker
+from raystream.dev.stack import DevState, dev_down, dev_up
 
 _names = itertools.count()
 
@@ -48,3 +49,14 @@ def ray_local() -> Iterator[None]:
 def unique() -> str:
     """A fresh name for topics and apps, so tests never share state on the session broker."""
     return f"t{next(_names)}"
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevState]:
+    """A `raystream dev up` stack of the test module's own (stopped by PID after it)."""
+    home = tmp_path_factory.mktemp("devhome")
+    state = dev_up(home)
+    try:
+        yield state
+    finally:
+        dev_down(home)

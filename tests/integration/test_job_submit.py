@@ -7,28 +7,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from raystream.dev.stack import DevState, dev_down, dev_up
+from raystream.dev.stack import DevState
 from raystream.generate.payments import PaymentsSpec, encoded, payments
 from raystream.generate.produce import produce_records
 
 from .kafka_helpers import create_topic, read_all
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevState]:
-    home = tmp_path_factory.mktemp("devhome")
-    state = dev_up(home)
-    try:
-        yield state
-    finally:
-        dev_down(home)
 
 
 def test_job_submitted_with_ray_job_submit_runs_and_succeeds(dev_stack: DevState) -> None:

@@ -10,28 +10,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from raystream.dev.stack import DevState, dev_down, dev_up
+from raystream.dev.stack import DevState
 from raystream.generate.fraud import PATTERNS, FraudSpec
 from raystream.generate.orders import OrdersSpec
 from raystream.generate.publish import PaymentTopics, publish_orders, publish_payments
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-@pytest.fixture(scope="module")
-def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevState]:
-    home = tmp_path_factory.mktemp("jobshome")
-    state = dev_up(home)
-    try:
-        yield state
-    finally:
-        dev_down(home)
 
 
 def submit(stack: DevState, job_id: str, *entrypoint: str) -> str:
