@@ -73,6 +73,9 @@ class Coordinator:
         self._watchdog: threading.Thread | None = None
         #: Slots being replaced or rescaled: the watchdog leaves them alone.
         self._quiet: set[int] = set()
+        #: Per slot, the first attempt whose reports count: a rescale restarts every slot, and
+        #: a report of an earlier attempt (a "finished" from before it) must not end the app.
+        self._counts_from: dict[int, int] = {}
         #: Every worker's metrics merged, served on the app's Prometheus endpoint.
         self.metrics = AppMetrics(app)
         self._metrics_server: MetricsServer | None = None
@@ -239,6 +242,10 @@ class Coordinator:
         if report.metrics:
             self.metrics.update(report.slot, report.pid, report.metrics)
         with self._lock:
+            if report.slot not in self._workers or report.attempt < self._counts_from.get(
+                report.slot, -1
+            ):
+                return  # sent by a slot or an attempt that a rescale has ended
             self._reports[report.slot] = dataclasses.replace(report, metrics={})
             if report.fatal and self._state == "running":
                 self._state = "failed"
@@ -252,7 +259,7 @@ class Coordinator:
                 if (
                     self._state == "running"
                     and self.bounded
-                    and len(self._reports) == len(self._workers)
+                    and set(self._reports) == set(self._workers)
                     and all(r.state == "finished" for r in self._reports.values())
                 ):
                     self._state = "finished"
@@ -299,7 +306,10 @@ class Coordinator:
             ray.get([w.stop.remote(timeout) for w in self._workers.values()], timeout=timeout + 5)
             with self._lock:
                 self._assignments = assign(list(self._task_index), workers)
-                self._reports = {s: r for s, r in self._reports.items() if s < workers}
+                # Every slot starts a new attempt: until it reports from that attempt, its
+                # last report (maybe "finished" with its old tasks) says nothing of the new ones.
+                self._counts_from = {s: self._attempts.get(s, -1) + 1 for s in range(workers)}
+                self._reports = {}
             for slot in range(workers, old):
                 ray.kill(self._workers.pop(slot), no_restart=True)
             self.metrics.retire(range(workers, old))
