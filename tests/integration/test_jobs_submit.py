@@ -4,47 +4,15 @@ while) prints every order in the state its fate implies."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import time
 from collections import Counter
-from pathlib import Path
 
 from raystream.dev.stack import DevState
 from raystream.generate.fraud import PATTERNS, FraudSpec
 from raystream.generate.orders import OrdersSpec
 from raystream.generate.publish import PaymentTopics, publish_orders, publish_payments
 
-REPO = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def submit(stack: DevState, job_id: str, *entrypoint: str) -> str:
-    env = {**os.environ, **stack.environment()}
-    address = ["--address", stack.dashboard_url]
-    proc = subprocess.run(
-        [RAY, "job", "submit", *address, "--no-wait", "--submission-id", job_id,
-         "--working-dir", str(REPO), "--", "python", *entrypoint],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    status = ""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status = subprocess.run(
-            [RAY, "job", "status", *address, job_id],
-            env=env, capture_output=True, text=True, timeout=60,
-        ).stdout.lower()  # fmt: skip
-        if any(s in status for s in ("succeeded", "failed", "stopped")):
-            break
-        time.sleep(1)
-    logs = subprocess.run(
-        [RAY, "job", "logs", *address, job_id], env=env, capture_output=True, text=True, timeout=60
-    ).stdout
-    assert "succeeded" in status, status[-2000:] + "\n--- job logs ---\n" + logs[-5000:]
-    return logs
+from .ray_jobs import submit
 
 
 def test_fraud_job_submitted_to_the_dev_stack(dev_stack: DevState) -> None:
