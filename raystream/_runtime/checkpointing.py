@@ -1,11 +1,18 @@
 """A task's state to checkpoint epochs and back.
 
-Each epoch writes, for one task:
+Each epoch writes, for one task, one ``__state`` file and one file per view that changed:
 
-- ``__meta``: one row per stateful operator (and one for the task itself) holding everything
-  that is not in a keyed store: watermarks, learned schemas, counters (small, written whole);
-- ``<operator>.<i>``: the rows of the operator's i-th keyed store that changed in the epoch
-  (every row in a full epoch), ``__key`` and ``__value`` pickled, ``__deleted`` for removals.
+- ``__state``: the rows of every operator's keyed stores that changed in the epoch (every row
+  in a full epoch), ``__value`` pickled and ``__deleted`` for removals; ``__key`` is the store's
+  name, ``|``, and the pickled key. Beside them, one ``__meta|<operator>`` row per stateful
+  operator (and ``__meta|__task``) holding what is not in a keyed store: watermarks, learned
+  schemas, counters (small, written whole every epoch).
+- ``view.<name>``: the view's typed rows that changed (SQL reads these directly); a delta epoch
+  in which a view did not change writes no file for it.
+
+One file for all pickled state, rather than one per store, keeps an epoch's cost to a few file
+operations however many operators the task has: epochs are short (tens of milliseconds) when
+the app wants low latency, and file creation, not the bytes, is most of their cost.
 
 Recovery loads the epoch Kafka committed and hands each operator its snapshot and store items.
 A full epoch is written every ``compact_every`` epochs, which bounds how many deltas a recovery
@@ -35,7 +42,10 @@ from raystream.state.checkpoint import (
 
 VALUE = "__value"
 META = "__meta"
+#: The store holding every pickled keyed store and the operators' metadata.
+STATE = "__state"
 _TASK_META = "__task"
+_SEP = b"|"
 _MISSING = object()
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -82,21 +92,22 @@ class TaskCheckpointer:
         """Write epoch ``ref`` (changes since the last one, or everything when it is time to
         compact) and publish it."""
         full = self.head is None or self._since_full + 1 >= self.compact_every
-        meta_keys: list[bytes] = [_dump(_TASK_META)]
-        meta_values: list[bytes | None] = [_dump({"max_event_time": self.task.max_event_time})]
+        rows = _Rows()
+        rows.add(_meta_key(_TASK_META), _dump({"max_event_time": self.task.max_event_time}))
         tables: dict[str, pa.Table] = {}
         for name, op in self._ops:
             snap = op.snapshot(with_stores=False)
             if snap is None:
                 continue
-            meta_keys.append(_dump(name))
-            meta_values.append(_dump(snap))
+            rows.add(_meta_key(name), _dump(snap))
             if isinstance(op, ViewOperator):
-                tables[view_store(op.view)] = op.view_rows(full)
+                table = op.view_rows(full)
+                if full or table.num_rows:
+                    tables[view_store(op.view)] = table
                 continue
             for i, kv in enumerate(op.state_stores()):
-                tables[store_name(name, i)] = _rows(kv, full)
-        tables[META] = _table(meta_keys, [False] * len(meta_keys), meta_values)
+                rows.add_store(store_name(name, i).encode() + _SEP, kv, full)
+        tables[STATE] = rows.table()
         manifest = self.store.write_epoch(
             str(self.task.task), ref, offsets, tables, parent=self.head, full=full
         )
@@ -111,10 +122,19 @@ class TaskCheckpointer:
         """Load epoch ``ref`` into the task's operators; returns its manifest."""
         task = str(self.task.task)
         manifest = self.store.manifest(task, ref)
-        meta = _decode(self.store.load(task, ref, META))
+        available = set(self.store.stores_of(task, ref))
+        meta: dict[Any, Any]
+        if STATE in available:
+            meta, stores = _split(self.store.load(task, ref, STATE))
+        else:  # written before the stores shared one file: one file per store, and __meta
+            meta = _decode(self.store.load(task, ref, META))
+            stores = {
+                s: _decode(self.store.load(task, ref, s))
+                for s in available
+                if s != META and not s.startswith("view.")
+            }
         task_meta = meta.pop(_TASK_META, {})
         self.task.max_event_time = task_meta.get("max_event_time")
-        available = set(self.store.stores_of(task, ref))
         for name, op in self._ops:
             if name not in meta:
                 if op.snapshot(with_stores=False) is not None:
@@ -129,33 +149,69 @@ class TaskCheckpointer:
                 table = self.store.load(task, ref, vname) if vname in available else None
                 op.restore_view(table, meta.pop(name))
                 continue
-            items = []
-            for i, _ in enumerate(op.state_stores()):
-                sname = store_name(name, i)
-                table = self.store.load(task, ref, sname) if sname in available else None
-                items.append(list(_decode(table).items()) if table is not None else [])
+            items = [
+                list(stores.get(store_name(name, i), {}).items())
+                for i, _ in enumerate(op.state_stores())
+            ]
             op.restore(meta.pop(name), stores=items)
         self.head = manifest
         self._since_full = 0
         return manifest
 
 
-def _rows(kv: KeyedStore, full: bool) -> pa.Table:
-    keys: list[bytes] = []
-    deleted: list[bool] = []
-    values: list[bytes | None] = []
-    if full:
-        for k, v in kv.items():
-            keys.append(_dump(k))
-            deleted.append(False)
-            values.append(_dump(v))
-    else:
+def _meta_key(name: str) -> bytes:
+    return META.encode() + _SEP + name.encode()
+
+
+class _Rows:
+    """The ``__state`` table of one epoch, built up column by column."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.deleted: list[bool] = []
+        self.values: list[bytes | None] = []
+
+    def add(self, key: bytes, value: bytes) -> None:
+        self.keys.append(key)
+        self.deleted.append(False)
+        self.values.append(value)
+
+    def add_store(self, prefix: bytes, kv: KeyedStore, full: bool) -> None:
+        keys, deleted, values = self.keys, self.deleted, self.values
+        if full:
+            for k, v in kv.items():
+                keys.append(prefix + _dump(k))
+                deleted.append(False)
+                values.append(_dump(v))
+            return
         for k in kv.dirty_keys():
             v = kv.get(k, _MISSING)
-            keys.append(_dump(k))
-            deleted.append(v is _MISSING)
-            values.append(None if v is _MISSING else _dump(v))
-    return _table(keys, deleted, values)
+            keys.append(prefix + _dump(k))
+            if v is _MISSING:
+                deleted.append(True)
+                values.append(None)
+            else:
+                deleted.append(False)
+                values.append(_dump(v))
+
+    def table(self) -> pa.Table:
+        return _table(self.keys, self.deleted, self.values)
+
+
+def _split(table: pa.Table) -> tuple[dict[str, Any], dict[str, dict[Hashable, Any]]]:
+    """The ``__state`` rows as operator metadata by name, and keyed items by store name."""
+    meta: dict[str, Any] = {}
+    stores: dict[str, dict[Hashable, Any]] = {}
+    meta_prefix = META.encode()
+    keys = table.column(KEY).to_pylist()
+    values = table.column(VALUE).to_pylist()
+    for key, value in zip(keys, values, strict=True):
+        store, _, rest = key.partition(_SEP)
+        if store == meta_prefix:
+            meta[rest.decode()] = pickle.loads(value)
+        else:
+            stores.setdefault(store.decode(), {})[pickle.loads(rest)] = pickle.loads(value)
+    return meta, stores
 
 
 def _table(keys: list[bytes], deleted: list[bool], values: list[bytes | None]) -> pa.Table:

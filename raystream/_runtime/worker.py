@@ -52,8 +52,14 @@ from raystream.topology.plan import Plan
 
 log = logging.getLogger("raystream.worker")
 
-#: Garbage-collect a task's old checkpoint epochs every this many epochs.
+#: Garbage-collect a task's old checkpoint epochs every this many epochs, and no more often
+#: than every _GC_MIN_S seconds (GC lists and reads the task's manifests: with short epochs,
+#: every 20 epochs would be every second).
 _GC_EVERY = 20
+_GC_MIN_S = 10.0
+#: Send the coordinator a report at most this often (besides the final ones): with short
+#: commit intervals, a report per commit would cost more than the commits.
+_REPORT_EVERY_S = 0.25
 #: A call to Kafka (a commit, starting an attempt) blocked this long means the broker does not
 #: answer: the worker says so in its report and metrics while it keeps waiting.
 BROKER_SILENT_S = 5.0
@@ -76,6 +82,8 @@ class _Task:
     #: Positions and output count as of its last committed epoch.
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
     produced: int = 0
+    #: When its checkpoints were last garbage-collected (monotonic seconds).
+    gc_at: float = 0.0
 
 
 class Worker:
@@ -249,7 +257,7 @@ class Worker:
             ends = dict(a.end_offsets) if a.end_offsets is not None else None
             runners = [t.runner for t in tasks]
             self._report.state = "running"
-            last_commit = last_ends = time.monotonic()
+            last_commit = last_ends = last_report = time.monotonic()
             interval = self.runtime.commit_interval_ms / 1000.0
             idle_timeout = self.runtime.idle_timeout_ms
             commit = functools.partial(self._commit, consumer, out, tasks, positions, a)
@@ -286,8 +294,10 @@ class Worker:
                     r.tick()  # processing-time timers
                 if time.monotonic() - last_commit >= interval:
                     commit()
-                    self._update_report(runners, positions, consumer)
                     last_commit = time.monotonic()
+                    if last_commit - last_report >= _REPORT_EVERY_S:
+                        self._update_report(runners, positions, consumer)
+                        last_report = last_commit
         except BaseException:
             self._live = {}
             out.abort()
@@ -497,7 +507,13 @@ class Worker:
             t.runner.epoch += 1
             t.committed = {tp: positions[tp] for tp in t.partitions}
             t.produced = t.runner.counters.records_out + t.runner.counters.dead_letters
-            if t.checkpointer.head is not None and t.runner.epoch % _GC_EVERY == 0:
+            now_s = time.monotonic()
+            if (
+                t.checkpointer.head is not None
+                and t.runner.epoch % _GC_EVERY == 0
+                and now_s - t.gc_at >= _GC_MIN_S
+            ):
+                t.gc_at = now_s
                 t.checkpointer.store.gc(
                     str(t.runner.task), t.checkpointer.head.ref, self.runtime.checkpoint_retain
                 )

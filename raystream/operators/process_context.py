@@ -9,6 +9,7 @@ raises, the record is dead-lettered and the key is left as it was before the cal
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -101,7 +102,7 @@ class KeyState(MutableMapping[str, Any]):
 
     def __init__(self, stored: Mapping[str, Any] | None) -> None:
         self._stored = stored
-        self._data: dict[str, Any] = copy.deepcopy(dict(stored)) if stored else {}
+        self._data: dict[str, Any] = _copy(dict(stored)) if stored else {}
 
     def __getitem__(self, name: str) -> Any:
         try:
@@ -287,4 +288,15 @@ def state_changes(ctx: ProcessContext) -> tuple[bool, dict[str, Any] | None]:
         same = False
     if same:
         return False, None
-    return True, copy.deepcopy(state._data) or None
+    # The call's copy becomes the stored state: nothing else refers to it once the call is over.
+    return True, state._data or None
+
+
+def _copy(data: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a key's state. State must be picklable (checkpoints pickle it), and a
+    pickle round trip copies plain data several times faster than ``copy.deepcopy``."""
+    try:
+        copied: dict[str, Any] = pickle.loads(pickle.dumps(data, protocol=5))
+    except Exception:  # not picklable: checkpointing will say so; copy as before meanwhile
+        return copy.deepcopy(data)
+    return copied

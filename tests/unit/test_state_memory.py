@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pyarrow as pa
 
 from raystream.state.base import KeyedStore
-from raystream.state.memory import MemoryStore
+from raystream.state.memory import _SIZE_DEPTH, MemoryStore, _size
 
 
 def test_get_put_delete_items_len() -> None:
@@ -62,3 +64,13 @@ def test_approx_bytes_grows_with_content_and_counts_arrow_buffers() -> None:
     assert s.approx_bytes() - small >= 800_000  # 100k int64 values
     s.delete("t")
     assert s.approx_bytes() == small
+
+
+def test_approx_bytes_of_a_large_store_is_estimated_from_a_sample() -> None:
+    s = MemoryStore()
+    for i in range(50_000):
+        s.put(i, ("x" * (i % 200), i))
+    exact = sys.getsizeof(s._data) + sum(
+        _size(k, _SIZE_DEPTH) + _size(v, _SIZE_DEPTH) for k, v in s.items()
+    )
+    assert abs(s.approx_bytes() - exact) / exact < 0.05
