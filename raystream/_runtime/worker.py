@@ -473,8 +473,11 @@ class Worker:
         positions: dict[tuple[str, int], int],
         a: Assignment,
     ) -> list[_Task]:
-        """The body of :meth:`_commit`; returns the tasks whose epoch was committed."""
-        out.flush()
+        """The body of :meth:`_commit`; returns the tasks whose epoch was committed.
+
+        Checkpoints are written before the outputs are flushed: librdkafka sends the epoch's
+        records meanwhile, so the two waits overlap. A checkpoint of an epoch that then fails
+        to commit is never read (recovery loads the epoch Kafka committed)."""
         topic = epochs_topic(self.app)
         offsets: list[TopicPartition] = []
         written: list[_Task] = []
@@ -495,6 +498,7 @@ class Worker:
             ]
             offsets += [TopicPartition(tp[0], tp[1], o) for tp, o in now.items() if o > 0]
             written.append(t)
+        out.flush()
         if offsets:
             if out.transactional:
                 out.commit_epoch(offsets, consumer.consumer_group_metadata())
