@@ -243,13 +243,25 @@ class Worker:
         consumer = make_consumer(self.kafka, group_id=self.app, **hooks)
         try:
             with self._waiting_on_kafka("starting the attempt"):
+                started = time.monotonic()
                 if exactly_once:
                     out.start_transactions()
+                fenced = time.monotonic()
                 store = CheckpointStore(self.runtime.checkpoints or "", self.app)
                 tasks, routes = self._build_tasks(a, out, store)
                 owned = [tp for tp in routes if tp[0] not in self._global_topics(a)]
                 positions = self._recover(consumer, tasks, owned, routes, a)
                 self._live = {str(t.runner.task): t.runner for t in tasks}
+                log.info(
+                    "worker %d attempt %d: %d task(s) ready in %.2fs (transactions %.2fs, "
+                    "restore %.2fs)",
+                    self.slot,
+                    a.attempt,
+                    len(tasks),
+                    time.monotonic() - started,
+                    fenced - started,
+                    time.monotonic() - fenced,
+                )
             global_positions = {tp: 0 for tp in routes if tp not in positions}
             self._report.state = "bootstrapping"
             self._bootstrap(consumer, tasks, routes, positions, global_positions)

@@ -10,6 +10,7 @@ Windows leave the state when the watermark closes them (``W >= end + grace``).
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -106,7 +107,14 @@ class TimeWindowAggregateOperator(WindowOperatorBase):
         return rows
 
     def _rebuild_index(self) -> None:
-        self._open, self._heap = {}, []
-        for skey, _ in self.store.items():
-            key, start = cast(tuple[Any, int], skey)
-            self._index(key, start)
+        # One pass without a call per key: a recovery may rebuild millions of open windows.
+        opened: dict[int, dict[Any, None]] = {}
+        get = opened.get
+        for key, start in cast(Iterator[tuple[Any, int]], self.store.keys()):
+            keys = get(start)
+            if keys is None:
+                keys = opened[start] = {}
+            keys[key] = None
+        self._open = opened
+        self._heap = list(opened)
+        heapq.heapify(self._heap)

@@ -198,6 +198,17 @@ class CheckpointStore:
             cur = m.parent
         return out
 
+    def read_epoch(self, task: str, ref: EpochRef, store: str) -> pa.Table:
+        """The rows ``store`` holds in epoch ``ref``'s own file (a delta's changes, not the
+        state as of that epoch: see :meth:`load`)."""
+        path = f"{self.root}/{task}/{epoch_name(ref)}/{store}.parquet"
+        try:
+            return pq.read_table(path, filesystem=self.fs)
+        except (FileNotFoundError, OSError) as exc:
+            raise CheckpointError(
+                f"task {task} epoch {ref[0]} (attempt {ref[1]}) has no readable {store!r}: {exc}"
+            ) from exc
+
     def load(self, task: str, ref: EpochRef, store: str) -> pa.Table:
         """The rows of ``store`` as of epoch ``ref``: its full base plus every delta up to it,
         last write per key winning, tombstones removed."""

@@ -41,6 +41,9 @@ class MemoryStore(KeyedStore):
     def items(self) -> Iterator[tuple[Hashable, Any]]:
         return iter(list(self._data.items()))
 
+    def keys(self) -> Iterator[Hashable]:
+        return iter(list(self._data))
+
     def __len__(self) -> int:
         return len(self._data)
 
