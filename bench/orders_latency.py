@@ -79,6 +79,37 @@ def read_terminals(
         c.close()
 
 
+def epoch_timings(url: str | None) -> dict[str, dict[str, float]]:
+    """From an app's Prometheus endpoint: per worker, epochs committed and the median and p99
+    (bucket upper bounds, ms) of its commit time and of the time between two commits."""
+    import urllib.request
+
+    if not url:
+        return {}
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    hist: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for line in text.splitlines():
+        for name in ("raystream_commit_seconds", "raystream_epoch_seconds"):
+            if line.startswith(name + "_bucket{"):
+                labels, value = line[len(name) + 8 :].rsplit("} ", 1)
+                parts = dict(kv.split("=", 1) for kv in labels.split(","))
+                le = parts["le"].strip('"')
+                worker = parts["worker"].strip('"')
+                bound = float("inf") if le == "+Inf" else float(le)
+                hist.setdefault((name, worker), []).append((bound, float(value)))
+    out: dict[str, dict[str, float]] = {}
+    for (name, worker), buckets in sorted(hist.items()):
+        buckets.sort()
+        total = buckets[-1][1]
+        short = "commit" if "commit" in name else "epoch"
+        row = out.setdefault(f"worker {worker}", {})
+        row["epochs"] = total
+        for q in (0.5, 0.99):
+            bound = next(b for b, c in buckets if c >= q * total) if total else 0.0
+            row[f"{short}_p{int(q * 100)}_ms"] = bound * 1000
+    return out
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     """p50 / p99 / max (ms) and the count of ``values``."""
     if not values:
@@ -125,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "consumer_config": {"fetch.wait.max.ms": args.fetch_wait_ms},
         "view_refresh_ms": args.view_refresh_ms,
         "checkpoint_compact_every": args.compact_every,
-        "metrics_port": None,
+        "metrics_port": 0,  # scraped at the end: commit and epoch durations per worker
     }
     saga = rs.App(f"{prefix}orders", **settings)
     build(saga, topics, shipping_timeout_ms=spec.shipping_timeout_ms)
@@ -165,6 +196,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while time.monotonic() < deadline and len(arrivals.seen) < published.count:
             time.sleep(0.2)
         drained_s = time.monotonic() - started
+        timings = {
+            "saga": epoch_timings(running.status().get("metrics_url")),
+            "services": epoch_timings(helpers.status().get("metrics_url")),
+        }
     finally:
         stop.set()
         reader.join(10)
@@ -254,6 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "shipping_ok": percentiles(ship_ok),
             "minus_injected_wait": percentiles(minus_wait),
         },
+        "epochs": timings,
         "apps": {
             "saga": {"state": saga_result.state, "in": saga_result.records_in},
             "services": {"state": services_result.state, "in": services_result.records_in},
@@ -309,6 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, p in result["breakdown_completed"].items():
         if p.get("n"):
             print(f"    {name:<22} p50 {p['p50_ms']:>6.0f} ms  p99 {p['p99_ms']:>6.0f} ms")
+    print("  epochs (bucket bounds): commit time, and time between commits")
+    for app_name, workers in result["epochs"].items():
+        for worker, t in workers.items():
+            print(
+                f"    {app_name:<8} {worker:<9} {t.get('epochs', 0):>6.0f} epochs  commit p50 "
+                f"{t.get('commit_p50_ms', 0):>4.0f} p99 {t.get('commit_p99_ms', 0):>5.0f} ms  "
+                f"between p50 {t.get('epoch_p50_ms', 0):>4.0f} "
+                f"p99 {t.get('epoch_p99_ms', 0):>5.0f} ms"
+            )
     print(f"written to {args.out}")
     return 0 if result["wrong"] == 0 and result["missing"] == 0 else 1
 
