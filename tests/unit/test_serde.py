@@ -95,3 +95,31 @@ def test_key_encoding() -> None:
     assert encode_keys(pa.array(["a", None])) == [b"a", None]
     assert encode_keys(pa.array([b"x"], pa.binary())) == [b"x"]
     assert encode_keys(pa.array([1, 2])) == [b"1", b"2"]
+
+
+def test_small_and_large_batches_and_batches_with_a_bad_value_agree_on_fields_and_types() -> None:
+    rows = [{"id": i, "day": f"2026-01-{i % 28 + 1:02d}"} for i in range(200)]
+    rows[5]["note"] = "only some values have it"
+    values = [json.dumps(r).encode() for r in rows]
+    serde = JSON()
+    large = serde.decode(values).data
+    small = JSON().decode(values[:10]).data
+    bad = JSON().decode([b"{broken", *values]).data
+    for batch in (large, small, bad):
+        assert batch.schema.field("day").type == pa.string()  # not a timestamp: it is a string
+        assert batch.schema.field("id").type == pa.int64()
+        assert "note" in batch.schema.names  # the first value lacks it; it is still there
+    assert large.column("day").to_pylist() == [r["day"] for r in rows]
+    assert small.column("note").to_pylist()[5] == "only some values have it"
+    assert serde.decode(values).data.schema.field("day").type == pa.string()  # and it stays so
+
+
+def test_timestamp_strings_inside_structs_and_lists_stay_strings() -> None:
+    values = [
+        json.dumps({"e": {"at": "2026-01-01T00:00:00", "n": i}, "l": ["2026-01-02"]}).encode()
+        for i in range(100)
+    ]
+    batch = JSON().decode(values).data
+    assert batch.schema.field("e").type == pa.struct([("at", pa.string()), ("n", pa.int64())])
+    assert batch.schema.field("l").type == pa.list_(pa.string())
+    assert batch.column("e").to_pylist()[3] == {"at": "2026-01-01T00:00:00", "n": 3}
