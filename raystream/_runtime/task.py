@@ -461,10 +461,24 @@ def _event_time(col: pa.Array | None, n: int) -> pa.Array:
         return pc.cast(pc.floor(col), pa.int64(), safe=False)
     if pa.types.is_timestamp(t):
         return pc.cast(pc.cast(col, pa.timestamp("ms", tz=t.tz), safe=False), pa.int64())
-    if pa.types.is_string(t):
-        try:
-            parsed = pc.cast(col, pa.timestamp("ms"))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return pa.nulls(n, pa.int64())
-        return pc.cast(parsed, pa.int64())
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        # ISO 8601: naive times are UTC; times with a zone ("Z", "+02:00") are converted.
+        for typ in (pa.timestamp("ms"), pa.timestamp("ms", tz="UTC")):
+            try:
+                return pc.cast(pc.cast(col, typ), pa.int64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+        return pa.array([_parse_time(v) for v in col.to_pylist()], pa.int64())
     return pa.nulls(n, pa.int64())
+
+
+def _parse_time(value: str | None) -> int | None:
+    """One ISO 8601 time in ms (None when it is not one): the batch mixed zoned and naive."""
+    if value is None:
+        return None
+    for typ in (pa.timestamp("ms"), pa.timestamp("ms", tz="UTC")):
+        try:
+            return int(pc.cast(pa.array([value]), typ).cast(pa.int64())[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return None

@@ -123,3 +123,14 @@ def test_timestamp_strings_inside_structs_and_lists_stay_strings() -> None:
     assert batch.schema.field("e").type == pa.struct([("at", pa.string()), ("n", pa.int64())])
     assert batch.schema.field("l").type == pa.list_(pa.string())
     assert batch.column("e").to_pylist()[3] == {"at": "2026-01-01T00:00:00", "n": 3}
+
+
+def test_event_times_from_iso_strings_with_and_without_zones() -> None:
+    from raystream._runtime.task import _event_time
+
+    naive = pa.array(["2026-01-01T00:00:00", "2026-01-01"])
+    zoned = pa.array(["2026-01-01 10:00:00Z", "2026-01-01T10:00:00+02:00"])
+    mixed = pa.array(["2026-01-01T00:00:00", "2026-01-01T00:00:00.123Z", "not a time", None])
+    assert _event_time(naive, 2).to_pylist() == [1767225600000, 1767225600000]
+    assert _event_time(zoned, 2).to_pylist() == [1767261600000, 1767254400000]
+    assert _event_time(mixed, 4).to_pylist() == [1767225600000, 1767225600123, None, None]
