@@ -89,15 +89,22 @@ def main(argv: list[str] | None = None) -> rs.RunResult:
     parser.add_argument("--service-workers", type=int, default=1)
     parser.add_argument("--no-services", action="store_true", help="run the services elsewhere")
     parser.add_argument("--timeout", type=float, default=None, help="stop after this many s")
+    parser.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        default=order_services.LOW_LATENCY["commit_interval_ms"],
+        help="epoch length: shorter is lower latency, longer is less work per order",
+    )
     order_services.spec_arguments(parser)
     args = parser.parse_args(argv)
     topics = OrderTopics(args.prefix)
-    app = rs.App(args.app, brokers=args.brokers)
+    tuning = {**order_services.LOW_LATENCY, "commit_interval_ms": args.commit_interval_ms}
+    app = rs.App(args.app, brokers=args.brokers, **tuning)
     build(app, topics, shipping_timeout_ms=args.shipping_timeout_ms)
     ensure_topics(app.kafka_config(), topics)
     services: Any = None
     if not args.no_services:
-        services_app = rs.App(f"{args.app}-services", brokers=args.brokers)
+        services_app = rs.App(f"{args.app}-services", brokers=args.brokers, **tuning)
         order_services.build(services_app, order_services.spec_from(args), topics)
         services = services_app.start(workers=args.service_workers)
     running = app.start(workers=args.workers)

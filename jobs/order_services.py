@@ -125,6 +125,15 @@ def spec_from(args: argparse.Namespace) -> OrdersSpec:
     )
 
 
+#: Order handling is latency-bound (each saga step waits for the writer's epoch to commit):
+#: short epochs and short fetch waits, as bench/orders_latency.py measures them.
+LOW_LATENCY: dict[str, Any] = {
+    "commit_interval_ms": 50,
+    "poll_timeout_ms": 10,
+    "consumer_config": {"fetch.wait.max.ms": 10},
+}
+
+
 def main(argv: list[str] | None = None) -> rs.RunResult:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--app", default="order-services")
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> rs.RunResult:
     parser.add_argument("--timeout", type=float, default=None, help="stop after this many s")
     spec_arguments(parser)
     args = parser.parse_args(argv)
-    app = rs.App(args.app, brokers=args.brokers)
+    app = rs.App(args.app, brokers=args.brokers, **LOW_LATENCY)
     build(app, spec_from(args), ServiceTopics(args.prefix))
     result = app.run(workers=args.workers, timeout=args.timeout)
     print(f"{args.app}: {result.state}; in={result.records_in} out={result.records_out}")
