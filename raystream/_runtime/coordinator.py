@@ -76,6 +76,15 @@ class Coordinator:
         #: Per slot, the first attempt whose reports count: a rescale restarts every slot, and
         #: a report of an earlier attempt (a "finished" from before it) must not end the app.
         self._counts_from: dict[int, int] = {}
+        #: Per slot, the (attempt, seq) of the newest report handled. Ray runs this actor's
+        #: calls out of order (it is threaded), so a worker's reports can arrive in any order:
+        #: an older one must not replace a newer one (a "running" handled after the "finished"
+        #: sent just after it would leave the slot running forever, and the watchdog would
+        #: restart a worker that had finished).
+        self._newest: dict[int, tuple[int, int]] = {}
+        #: Per (slot, attempt): records in, out and dead-lettered that the attempt committed,
+        #: as of its latest report. Kept across restarts and rescales: the run's totals.
+        self._counts: dict[tuple[int, int], tuple[int, int, int]] = {}
         #: Every worker's metrics merged, served on the app's Prometheus endpoint.
         self.metrics = AppMetrics(app)
         self._metrics_server: MetricsServer | None = None
@@ -176,10 +185,16 @@ class Coordinator:
                 log.warning("worker %d has not committed for %.0fs: restarting it", slot, limit)
                 with self._lock:
                     self._reports.pop(slot, None)
+                    restarted = self._attempts.get(slot, -1) + 1
                 try:
                     ray.kill(self._workers[slot], no_restart=False)  # Ray starts it again
                 except Exception as exc:
                     log.warning("could not restart worker %d: %s", slot, exc)
+                    continue
+                with self._lock:
+                    # From now on only the restarted attempt's reports say how the slot is (a
+                    # late one from the killed process would bring its old state back).
+                    self._counts_from[slot] = max(self._counts_from.get(slot, -1), restarted)
 
     def _output_topics(self, partitions: dict[str, int]) -> dict[str, int]:
         wanted: dict[str, int] = {}
@@ -238,17 +253,58 @@ class Coordinator:
         )
 
     def worker_report(self, report: WorkerReport) -> None:
-        """Record a worker's state and metrics."""
-        if report.metrics:
-            self.metrics.update(report.slot, report.pid, report.metrics)
+        """Record a worker's state and metrics, unless a newer report of the slot was handled
+        already (Ray runs these calls out of order)."""
         with self._lock:
+            self._count(report)
+            order = (report.attempt, report.seq)
+            if order <= self._newest.get(report.slot, (-2, 0)):
+                log.debug(
+                    "worker %d: report %s is not newer than %s: ignored",
+                    report.slot,
+                    order,
+                    self._newest[report.slot],
+                )
+                return
+            self._newest[report.slot] = order
+            if report.metrics:
+                self.metrics.update(report.slot, report.pid, report.metrics)
             if report.slot not in self._workers or report.attempt < self._counts_from.get(
                 report.slot, -1
             ):
-                return  # sent by a slot or an attempt that a rescale has ended
+                return  # sent by a slot or an attempt that a rescale or the watchdog ended
             self._reports[report.slot] = dataclasses.replace(report, metrics={})
             if report.fatal and self._state == "running":
                 self._state = "failed"
+
+    def _count(self, report: WorkerReport) -> None:
+        """Take the report's counts for its attempt. They only grow within an attempt, so the
+        larger wins whatever the order reports are handled in."""
+        if report.attempt < 0:
+            return
+        key = (report.slot, report.attempt)
+        now = (report.records_in, report.records_out, report.dead_letters)
+        old = self._counts.get(key, (0, 0, 0))
+        self._counts[key] = (max(old[0], now[0]), max(old[1], now[1]), max(old[2], now[2]))
+
+    def totals(self) -> dict[str, int]:
+        """The run's records in, out and dead-lettered, over every attempt of every slot.
+
+        Each attempt's counts are of records whose processing it committed; a new attempt (a
+        restart by Ray or the watchdog, a retry, a rescale) starts from the last committed
+        offsets, so records an attempt processed but did not commit are counted once, by the
+        attempt that processes them again. For a bounded run over N input records this is N.
+        (The Prometheus counters, like Kafka Streams' and Flink's, count every processing,
+        reprocessing included.) Not exact in one case only: a worker that dies in the instant
+        between a commit and the report sent right after it leaves that epoch uncounted.
+        """
+        with self._lock:
+            counts = list(self._counts.values())
+        return {
+            "records_in": sum(c[0] for c in counts),
+            "records_out": sum(c[1] for c in counts),
+            "dead_letters": sum(c[2] for c in counts),
+        }
 
     # -- called by the driver ----------------------------------------------------------------
     def wait(self, timeout: float) -> str:
@@ -272,6 +328,7 @@ class Coordinator:
         """The app's state, task ownership, every worker's latest report, per-task figures
         (counts, rates, lag, epoch, dead letters) and the metrics endpoint."""
         tasks = self.metrics.task_summary()
+        totals = self.totals()
         with self._lock:
             return {
                 "app": self.app,
@@ -284,6 +341,7 @@ class Coordinator:
                 "attempts": dict(self._attempts),
                 "workers": {s: dataclasses.asdict(r) for s, r in self._reports.items()},
                 "tasks": tasks,
+                "totals": totals,
             }
 
     def worker_pids(self) -> dict[int, int]:
@@ -303,7 +361,11 @@ class Coordinator:
         with self._lock:
             self._quiet = set(range(max(old, workers)))
         try:
-            ray.get([w.stop.remote(timeout) for w in self._workers.values()], timeout=timeout + 5)
+            drained = ray.get(
+                [w.stop.remote(timeout) for w in self._workers.values()], timeout=timeout + 5
+            )
+            for last in drained:  # its report may still be on the way: counted here, once
+                self.worker_report(last)
             with self._lock:
                 self._assignments = assign(list(self._task_index), workers)
                 # Every slot starts a new attempt: until it reports from that attempt, its
@@ -329,9 +391,14 @@ class Coordinator:
             raise RuntimeStateError("the app was never started")
         refs = [w.stop.remote(timeout) for w in self._workers.values()]
         try:
-            ray.get(refs, timeout=timeout + 5)
+            drained = ray.get(refs, timeout=timeout + 5)
         except Exception as exc:  # a worker that cannot drain is killed below; nothing committed
             log.warning("draining workers failed: %s", exc)
+        else:
+            # Each worker's last report may still be on the way (calls run out of order): take
+            # it from stop()'s answer so the status below holds it.
+            for last in drained:
+                self.worker_report(last)
         for w in self._workers.values():
             ray.kill(w, no_restart=True)
         with self._lock:

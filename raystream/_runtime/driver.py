@@ -48,7 +48,17 @@ def _stay_on_loopback() -> None:
 
 @dataclass
 class RunResult:
-    """How a run ended, with totals from every worker's last report."""
+    """How a run ended, with the run's totals over every worker attempt.
+
+    ``records_in`` / ``records_out`` / ``dead_letters`` count the records whose processing was
+    committed during the run, each once: a worker restarted after a crash (or by the stall
+    watchdog) resumes from its last commit, and what it processes again counts once, so a
+    bounded run over N input records reports ``records_in == N`` however often workers were
+    restarted. The Prometheus counters count every processing, reprocessing included (as Kafka
+    Streams' and Flink's metrics do). One gap: the records of an epoch committed by a worker
+    that died before it could report that commit are not counted. ``status["workers"]`` holds
+    each slot's latest report, whose counts are those of its current attempt only.
+    """
 
     state: str
     records_in: int
@@ -218,12 +228,12 @@ class RunningApp:
             status: dict[str, Any] = ray.get(self._coord.stop.remote(timeout))
         finally:
             self._kill()
-        workers = status["workers"].values()
+        totals = status["totals"]
         return RunResult(
             state=status["state"],
-            records_in=sum(w["records_in"] for w in workers),
-            records_out=sum(w["records_out"] for w in workers),
-            dead_letters=sum(w["dead_letters"] for w in workers),
+            records_in=totals["records_in"],
+            records_out=totals["records_out"],
+            dead_letters=totals["dead_letters"],
             seconds=time.monotonic() - self._t0,
             status=status,
         )

@@ -28,7 +28,12 @@ class Assignment:
 
 @dataclass
 class WorkerReport:
-    """A worker's state, sent to the coordinator after every commit."""
+    """A worker's state, sent to the coordinator after every commit.
+
+    The coordinator handles its calls out of order (it is a threaded actor), so a report may
+    arrive after a newer one: ``(attempt, seq)`` orders them and the coordinator keeps the
+    newest. The counts are those of this attempt alone, as of its last commit.
+    """
 
     slot: int
     attempt: int
@@ -50,3 +55,5 @@ class WorkerReport:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: The latest Kafka client error while the broker looks unreachable (None: it works).
     broker_error: str | None = None
+    #: Increases with every report the worker process sends (0: never sent).
+    seq: int = 0

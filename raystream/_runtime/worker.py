@@ -112,6 +112,9 @@ class Worker:
         self.metrics = WorkerMetrics(app, slot, ray_export=runtime.ray_metrics)
         #: When the loop entered a blocking Kafka call (and which), None outside one.
         self._kafka_wait: tuple[float, str] | None = None
+        #: The number of the last report sent (see :meth:`_send_report`).
+        self._seq = 0
+        self._seq_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._main, name=f"raystream-worker-{slot}", daemon=True
         )
@@ -472,10 +475,11 @@ class Worker:
         started = time.monotonic()
         with self._waiting_on_kafka("committing an epoch"):
             written = self._commit_tasks(consumer, out, tasks, positions, a)
-        if written:
-            self.metrics.committed([t.runner for t in written], time.monotonic() - started)
         self._report.committed_at = time.time()
         self._report.epoch = max((t.runner.epoch for t in tasks), default=0)
+        if written:
+            self._report_counts([t.runner for t in tasks])  # first: the run's totals need it
+            self.metrics.committed([t.runner for t in written], time.monotonic() - started)
 
     def _commit_tasks(
         self,
@@ -557,11 +561,31 @@ class Worker:
         r.broker_error = self.metrics.broker_error
         self._send_report()
 
+    def _report_counts(self, tasks: list[TaskRunner]) -> None:
+        """Right after a commit, tell the coordinator the counts it committed (a light report,
+        without metrics; full ones go at most every _REPORT_EVERY_S). The run's totals come
+        from these (see Coordinator.totals): a worker that dies after a commit must not take
+        the epoch out of them."""
+        r = self._report
+        r.records_in = sum(t.counters.records_in for t in tasks)
+        r.records_out = sum(t.counters.records_out for t in tasks)
+        r.dead_letters = sum(t.counters.dead_letters for t in tasks)
+        self._send_report(dataclasses.replace(r, metrics={}))
+
     def _send_report(self, report: WorkerReport | None = None) -> None:
-        try:
-            self.coordinator.worker_report.remote(report or self._report)
-        except Exception:  # the coordinator is gone: the app is stopping
-            log.debug("worker %d: coordinator unreachable", self.slot)
+        """Send ``report`` (default: the worker's own) with the next sequence number. The
+        coordinator runs calls out of order, so the number is how it knows the newest."""
+        with self._seq_lock:
+            self._seq += 1
+            if report is None:
+                report = self._report
+                report.seq = self._seq  # what stop() returns is then the last report sent
+            else:
+                report = dataclasses.replace(report, seq=self._seq)
+            try:
+                self.coordinator.worker_report.remote(report)
+            except Exception:  # the coordinator is gone: the app is stopping
+                log.debug("worker %d: coordinator unreachable", self.slot)
 
 
 def _group(msgs: list[Any]) -> dict[tuple[str, int], Incoming]:

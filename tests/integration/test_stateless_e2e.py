@@ -1,7 +1,9 @@
-"""Stateless jobs end to end: embedded broker, local Ray, 2 and 4 workers, a killed worker."""
+"""Stateless jobs end to end: embedded broker, local Ray, 2 and 4 workers, a killed worker,
+a frozen one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,9 +121,49 @@ def test_killed_worker_is_restarted_and_every_input_is_processed(
     assert sum(w["positions"].values()) < sum(ends.values())
     assert result.status["attempts"][0] >= 1, "the killed slot never came back"
     assert result.status["workers"][0]["pid"] != victim
+    # The restarted attempt's counters start at 0; the run's totals still hold every input
+    # once (what the killed attempt committed, plus the rest, reprocessing counted once).
+    assert result.records_in == n, (result.records_in, result.status["totals"])
+    assert result.records_out == n and result.dead_letters == 0
     seen = Counter(m.json()["v"] for m in read_all(broker.bootstrap, f"{unique}.out"))
     missing = [i for i in range(n) if seen[i] == 0]
     assert not missing, f"{len(missing)} inputs lost, e.g. {missing[:5]}"
+
+
+def test_a_frozen_worker_is_replaced_by_the_watchdog_and_the_totals_stay_exact(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    src = f"{unique}.in"
+    n = 200_000
+    create_topic(broker.bootstrap, src, PARTITIONS)
+    produce(broker.bootstrap, src, ((b"k%d" % (i % 500), b"%d" % i) for i in range(n)))
+    app = rs.App(unique, brokers=broker.bootstrap, max_batch_records=2_000, stall_timeout_ms=5_000)
+    app.stream(src, value=rs.String()).map(lambda r: {"v": int(r["value"])}).to(f"{unique}.out")
+
+    running = app.start(workers=2, bounded=True)
+    victim = running.worker_pids()[0]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        w = running.status()["workers"].get(0)
+        if w and w["records_in"] > 0:
+            break
+        time.sleep(0.05)
+    os.kill(victim, signal.SIGSTOP)  # hung: alive, but never commits again
+    try:
+        state = running.wait(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
+    result = running.stop()
+
+    assert state == "finished", result.status
+    assert w is not None and w["state"] != "finished", "the freeze came too late"
+    assert result.status["attempts"][0] >= 1, "the watchdog never replaced the frozen worker"
+    assert result.status["workers"][0]["pid"] != victim
+    assert result.records_in == n, (result.records_in, result.status["totals"])
+    assert result.records_out == n
+    seen = Counter(m.json()["v"] for m in read_all(broker.bootstrap, f"{unique}.out"))
+    assert all(seen[i] > 0 for i in range(n))
 
 
 def test_undecodable_records_do_not_stop_the_partition(
