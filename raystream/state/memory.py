@@ -6,7 +6,7 @@ checkpoints, which read :meth:`MemoryStore.dirty_keys` to write only what change
 
 from __future__ import annotations
 
-import itertools
+import random
 import sys
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
@@ -15,8 +15,8 @@ from raystream.state.base import KeyedStore
 
 #: How deep :meth:`MemoryStore.approx_bytes` looks into containers; deeper parts are not counted.
 _SIZE_DEPTH = 4
-#: Stores with more keys than this are sized from an even sample of this many entries.
-_SIZE_SAMPLE = 2_000
+#: Stores with more keys than this are sized from a random sample of this many entries.
+_SIZE_SAMPLE = 500
 
 
 class MemoryStore(KeyedStore):
@@ -66,9 +66,9 @@ class MemoryStore(KeyedStore):
             entries: Iterable[tuple[Hashable, Any]] = self._data.items()
             scale = 1.0
         else:  # walking a million entries every few seconds would cost more than the metric
-            step = n // _SIZE_SAMPLE
-            entries = itertools.islice(self._data.items(), 0, None, step)
-            scale = n / len(range(0, n, step))
+            items = list(self._data.items())
+            entries = random.Random(n).sample(items, _SIZE_SAMPLE)
+            scale = n / _SIZE_SAMPLE
         sampled = sum(_size(k, _SIZE_DEPTH) + _size(v, _SIZE_DEPTH) for k, v in entries)
         return sys.getsizeof(self._data) + int(sampled * scale)
 
