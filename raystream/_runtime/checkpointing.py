@@ -23,7 +23,6 @@ or a view reads.
 
 from __future__ import annotations
 
-import io
 import pickle
 import re
 from collections.abc import Hashable
@@ -61,17 +60,11 @@ def _dump(obj: Any) -> bytes:
 
 
 def _dump_chunk(items: list[tuple[Hashable, Any]]) -> bytes:
-    """``(keys, values)`` of a store chunk, pickled without the memo: several times faster for
-    many small objects. Values that refer to themselves need the memo: those take the slow way."""
-    data = ([k for k, _ in items], [v for _, v in items])
-    out = io.BytesIO()
-    pickler = pickle.Pickler(out, protocol=5)
-    pickler.fast = True  # no memo (the docs call it deprecated; CPython keeps it)
-    try:
-        pickler.dump(data)
-    except (ValueError, RecursionError):
-        return _dump(data)
-    return out.getvalue()
+    """``(keys, values)`` of a store chunk in one pickle: one call for the chunk instead of two
+    per key, and far fewer objects to load on recovery. (The memo stays on: the "fast" mode
+    without it failed on real job state in CPython's C pickler, and would duplicate objects a
+    value shares.)"""
+    return _dump(([k for k, _ in items], [v for _, v in items]))
 
 
 def view_store(view: str) -> str:
