@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -27,7 +29,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--partitions", type=int, default=8, help="partitions of the payments topic")
     p.add_argument("--seed", type=int, default=None, help="generator seed (default: time-based)")
     p.add_argument(
-        "--down", action="store_true", help="stop the dev stack at the end (default: keep it)"
+        "--down",
+        action="store_true",
+        help="stop the dev stack at the end, also if the demo fails or is stopped (default: keep)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=900.0, help="give up on the job after this many seconds"
     )
     p.set_defaults(handler=run_demo)
 
@@ -55,15 +62,41 @@ def _progress(total: int) -> Any:
 
 def run_demo(args: argparse.Namespace) -> int:
     """The demo, step by step."""
-    from jobs.fraud_detection import BY_RULE_SQL, TOP_ALERTS_SQL, FraudTopics, build, ensure_topics
-    from jobs.views_ready import wait_for_views
-    from raystream.app import App
     from raystream.dev.stack import dev_down, dev_up
-    from raystream.generate.fraud import FraudSpec
-    from raystream.generate.publish import PaymentTopics, publish_payments
 
     _say("1/4 dev stack: embedded Kafka broker + local Ray head with the dashboard")
     state = dev_up(args.home, notify=lambda m: _say(f"  {m}"))
+    # A SIGTERM (a CI timeout, `kill`) must still reach the finally below and stop the stack.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+    try:
+        return _demo(args, state)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+        if args.down:
+            import ray
+
+            # Disconnect first: a driver whose head disappears exits with an error after a minute.
+            ray.shutdown()
+            dev_down(args.home)
+            _say("dev stack stopped")
+        else:
+            _say("The dev stack keeps running; stop it with: raystream dev down")
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _demo(args: argparse.Namespace, state: Any) -> int:
+    """Steps 2-4, on the running dev stack ``state``."""
+    from jobs.fraud_detection import BY_RULE_SQL, TOP_ALERTS_SQL, FraudTopics, build, ensure_topics
+    from jobs.views_ready import wait_for_views
+    from raystream.app import App
+    from raystream.generate.fraud import FraudSpec
+    from raystream.generate.publish import PaymentTopics, publish_payments
+
     os.environ.update(state.environment())
     _say(f"  broker {state.broker_bootstrap}, Ray {state.ray_address}")
 
@@ -92,7 +125,10 @@ def run_demo(args: argparse.Namespace) -> int:
     by_rule: list[dict[str, Any]] = []
     top: list[dict[str, Any]] = []
     try:
-        finished = running.wait() == "finished"
+        state_now = running.wait(args.timeout)
+        finished = state_now == "finished"
+        if state_now == "running":
+            _say(f"  the job did not finish in {args.timeout:.0f}s: stopping it")
         if finished:
             wait_for_views(app)
             by_rule = app.sql(BY_RULE_SQL).to_pylist()
@@ -124,13 +160,4 @@ def run_demo(args: argparse.Namespace) -> int:
                 f"max score {r['max_score']}  last rule {r['last_rule']}"
             )
     _say(f"\nRay dashboard: {state.dashboard_url}")
-    if args.down:
-        import ray
-
-        # Disconnect first: a driver whose head disappears exits with an error after a minute.
-        ray.shutdown()
-        dev_down(args.home)
-        _say("dev stack stopped")
-    else:
-        _say("The dev stack keeps running; stop it with: raystream dev down")
     return 0 if result.state == "finished" else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,30 @@ def test_demo_runs_the_fraud_job_and_prints_its_top_alerts(tmp_path: Path) -> No
     assert "Ray dashboard: http://127.0.0.1:" in out
     assert "dev stack stopped" in out
     assert read_state(home) is None
+
+
+def test_a_terminated_demo_still_stops_the_dev_stack(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    raystream_bin = str(Path(sys.executable).parent / "raystream")
+    proc = subprocess.Popen(
+        [raystream_bin, "--home", str(home), "demo", "--payments", "200000", "--down"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # terminate it while it generates payments
+            if line.startswith("2/4"):
+                break
+        assert read_state(home) is not None
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert "dev stack stopped" in rest
+        assert read_state(home) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        dev_down(home)
