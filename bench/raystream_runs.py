@@ -908,6 +908,10 @@ def recovery(ctx: RunContext) -> Measurement:
             trickle.stopping.set()
             trickle.join(60)
             hwm_restarted = proc_mib(new_pid)
+            # With the trickle stopped no epoch is written (nor collected): restore the 1M open
+            # windows from the committed epochs, offline, before the window closes.
+            time.sleep(2 * interval + 0.5)
+            extra.update(offline_checkpoint_times(app, {in_topic: parts}))
             # Close the window: one later record per partition; all 1M results come out.
             reader = W4Reader(ctx.bootstrap, out, parts, keys)
             reader.start()
@@ -932,7 +936,6 @@ def recovery(ctx: RunContext) -> Measurement:
                 sampler.stopping.set()
             running.stop()
         ckpt_final_bytes = dir_bytes(ckpt)
-        extra.update(offline_checkpoint_times(app, {in_topic: parts}))
     expected = trickle.counts
     wrong = sum(1 for i in range(keys) if reader.got[i] != expected[i] + 1 and reader.got[i] > 0)
     missing = sum(1 for i in range(keys) if reader.got[i] == 0)
