@@ -1,4 +1,6 @@
-"""HTTP access to views: ``GET /views``, ``GET /sql?q=...``, ``POST /sql``.
+"""HTTP access to views: ``GET /views``, ``GET /sql?q=...``, ``POST /sql``, and point lookups
+``GET /views/<view>/rows?key=<key>`` (``&key_type=int|float|json`` for keys that are not
+strings; a JSON list is a tuple key, such as ``["c1", 1767225600000]`` for a window).
 
 Answers are JSON (``{"columns": [...], "rows": [[...], ...]}``), or Arrow IPC stream bytes when
 the request asks for ``application/vnd.apache.arrow.stream`` (``Accept`` header or
@@ -18,7 +20,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pyarrow as pa
 
@@ -95,14 +97,25 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             url = urlparse(self.path)
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            parts = url.path.strip("/").split("/")
             if url.path == "/views" and method == "GET":
                 self._json(200, {"views": self.views.views()})
+            elif len(parts) == 3 and parts[0] == "views" and parts[2] == "rows" and method == "GET":
+                view = unquote(parts[1])
+                key = parse_key(params)
+                self._json(200, {"view": view, "key": key, "rows": self.views.get(view, key)})
             elif url.path == "/sql":
                 query, as_of = self._query(method, params)
                 table = self.views.sql(query, as_of)
                 self._result(table, params)
             else:
-                self._json(404, {"error": "not found: use GET /views, GET or POST /sql"})
+                self._json(
+                    404,
+                    {
+                        "error": "not found: use GET /views, GET /views/<view>/rows?key=..., "
+                        "GET or POST /sql"
+                    },
+                )
         except ViewQueryError as exc:
             self._json(400, {"error": str(exc)})
         except Exception:
@@ -157,6 +170,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def parse_key(params: dict[str, str]) -> Any:
+    """The lookup key of a ``/views/<view>/rows`` request: ``key`` as text, or as ``key_type``
+    says (int, float, or json, where a list stands for a tuple key)."""
+    if "key" not in params:
+        raise ViewQueryError("a lookup needs ?key=... (and &key_type=int|float|json if needed)")
+    text, kind = params["key"], params.get("key_type", "str")
+    try:
+        if kind == "str":
+            return text
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "json":
+            value = json.loads(text)
+            return tuple(value) if isinstance(value, list) else value
+    except ValueError as exc:
+        raise ViewQueryError(f"key {text!r} is not a {kind}: {exc}") from exc
+    raise ViewQueryError(f"key_type must be str, int, float or json, not {kind!r}")
 
 
 def table_json(table: pa.Table) -> bytes:

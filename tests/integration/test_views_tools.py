@@ -245,6 +245,36 @@ def test_http_needs_the_bearer_token(finished) -> None:  # type: ignore[no-untyp
         assert json.load(resp) == {"columns": ["n"], "rows": [[len(rows_m)]]}
 
 
+def test_point_lookups_over_http_match_the_python_api(finished) -> None:  # type: ignore[no-untyped-def]
+    app, running, rows_m, _, _ = finished
+    url = running.view_info()["http"]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def lookup(path: str) -> Any:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}{path}", headers=auth)) as r:
+            return json.load(r)
+
+    want = totals(rows_m, "customer")
+    for customer in list(want)[:20]:
+        got = lookup(f"/views/totals/rows?key={customer}")
+        assert got == {"view": "totals", "key": customer, "rows": [want[customer]]}
+    customer, per_window = next(iter(minutes(rows_m).items()))
+    start = min(per_window)
+    key = urllib.request.quote(json.dumps([customer, start]))
+    got = lookup(f"/views/per_minute/rows?key={key}&key_type=json")
+    assert got["rows"] == app.get("per_minute", (customer, start)) and len(got["rows"]) == 1
+    assert lookup("/views/totals/rows?key=nobody")["rows"] == []
+    for bad, why in [
+        ("/views/nope/rows?key=c1", "no view named 'nope'"),
+        ("/views/totals/rows", "needs ?key="),
+        ("/views/totals/rows?key=x&key_type=int", "is not a int"),
+        ("/views/totals/rows?key=x&key_type=uuid", "key_type must be"),
+    ]:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            lookup(bad)
+        assert err.value.code == 400 and why in json.loads(err.value.read())["error"], bad
+
+
 def test_non_loopback_http_without_a_token_fails_fast() -> None:
     for host in ("0.0.0.0", "192.168.1.20", "example.com"):
         with pytest.raises(rs.ConfigError, match="http_token"):
