@@ -134,13 +134,14 @@ class TaskCheckpointer:
     def restore(self, ref: EpochRef) -> EpochManifest:
         """Load epoch ``ref`` into the task's operators; returns its manifest."""
         task = str(self.task.task)
-        manifest = self.store.manifest(task, ref)
-        available = set(self.store.stores_of(task, ref))
+        chain = self.store.chain(task, ref)  # the full base, then each delta up to ref
+        manifest = chain[-1]
+        available = {name for m in chain for name in m.stores}
         meta: dict[Any, Any]
         if STATE in available:
             meta = {}
             stores: dict[str, dict[Hashable, Any]] = {}
-            for m in self.store.chain(task, ref):  # the full base, then each delta in order
+            for m in chain:
                 if STATE in m.stores:
                     _apply(self.store.read_epoch(task, m.ref, STATE), meta, stores)
         else:  # written before the stores shared one file: one file per store, and __meta
@@ -148,7 +149,7 @@ class TaskCheckpointer:
             stores = {
                 s: _decode(self.store.load(task, ref, s))
                 for s in available
-                if s != META and not s.startswith("view.")
+                if s != META and not s.startswith(view_store(""))
             }
         task_meta = meta.pop(_TASK_META, {})
         self.task.max_event_time = task_meta.get("max_event_time")
