@@ -308,11 +308,13 @@ class Worker:
                         r.check_idle(idle_timeout)
                     r.tick()  # processing-time timers
                 if time.monotonic() - last_commit >= interval:
-                    commit()
+                    wrote = commit()
                     last_commit = time.monotonic()
                     if last_commit - last_report >= _REPORT_EVERY_S:
                         self._update_report(runners, positions, consumer)
                         last_report = last_commit
+                    elif wrote:  # the run's totals need every commit's counts (a light report)
+                        self._report_counts(runners)
         except BaseException:
             self._live = {}
             out.abort()
@@ -468,18 +470,19 @@ class Worker:
         tasks: list[_Task],
         positions: dict[tuple[str, int], int],
         a: Assignment,
-    ) -> None:
+    ) -> bool:
         """End the epoch of every task that did something: checkpoint its state, then commit
         outputs, input offsets and the tasks' (epoch, attempt) together (one Kafka transaction
-        in exactly-once mode; flush then commit in at-least-once mode)."""
+        in exactly-once mode; flush then commit in at-least-once mode). Returns whether any
+        task's epoch was committed; the caller reports the new counts to the coordinator."""
         started = time.monotonic()
         with self._waiting_on_kafka("committing an epoch"):
             written = self._commit_tasks(consumer, out, tasks, positions, a)
         self._report.committed_at = time.time()
         self._report.epoch = max((t.runner.epoch for t in tasks), default=0)
         if written:
-            self._report_counts([t.runner for t in tasks])  # first: the run's totals need it
             self.metrics.committed([t.runner for t in written], time.monotonic() - started)
+        return bool(written)
 
     def _commit_tasks(
         self,
@@ -546,9 +549,7 @@ class Worker:
         consumer: Consumer,
     ) -> None:
         r = self._report
-        r.records_in = sum(t.counters.records_in for t in tasks)
-        r.records_out = sum(t.counters.records_out for t in tasks)
-        r.dead_letters = sum(t.counters.dead_letters for t in tasks)
+        _set_counts(r, tasks)
         r.done_tasks = [str(t.task) for t in tasks if t.finished]
         r.positions = {f"{t}[{p}]": off for (t, p), off in positions.items()}
         lag: dict[str, int] = {}
@@ -566,11 +567,8 @@ class Worker:
         without metrics; full ones go at most every _REPORT_EVERY_S). The run's totals come
         from these (see Coordinator.totals): a worker that dies after a commit must not take
         the epoch out of them."""
-        r = self._report
-        r.records_in = sum(t.counters.records_in for t in tasks)
-        r.records_out = sum(t.counters.records_out for t in tasks)
-        r.dead_letters = sum(t.counters.dead_letters for t in tasks)
-        self._send_report(dataclasses.replace(r, metrics={}))
+        _set_counts(self._report, tasks)
+        self._send_report(dataclasses.replace(self._report, metrics={}))
 
     def _send_report(self, report: WorkerReport | None = None) -> None:
         """Send ``report`` (default: the worker's own) with the next sequence number. The
@@ -586,6 +584,13 @@ class Worker:
                 self.coordinator.worker_report.remote(report)
             except Exception:  # the coordinator is gone: the app is stopping
                 log.debug("worker %d: coordinator unreachable", self.slot)
+
+
+def _set_counts(report: WorkerReport, tasks: list[TaskRunner]) -> None:
+    """The attempt's records in, out and dead-lettered, into ``report``."""
+    report.records_in = sum(t.counters.records_in for t in tasks)
+    report.records_out = sum(t.counters.records_out for t in tasks)
+    report.dead_letters = sum(t.counters.dead_letters for t in tasks)
 
 
 def _group(msgs: list[Any]) -> dict[tuple[str, int], Incoming]:
