@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections import Counter, defaultdict
+from typing import Any
 
 import pytest
 
@@ -87,25 +88,42 @@ def test_stateless_job_output_is_exact_and_ordered_per_key(
     assert result.records_out == sum(sum(c.values()) for c in exp.values())
 
 
-def test_killed_worker_is_restarted_and_every_input_is_processed(
-    broker: EmbeddedBroker, ray_local: None, unique: str
-) -> None:
-    src = f"{unique}.in"
-    n = 200_000
-    create_topic(broker.bootstrap, src, PARTITIONS)
-    produce(broker.bootstrap, src, ((b"k%d" % (i % 500), b"%d" % i) for i in range(n)))
-    app = rs.App(unique, brokers=broker.bootstrap, max_batch_records=2_000)
-    app.stream(src, value=rs.String()).map(lambda r: {"v": int(r["value"])}).to(f"{unique}.out")
+NUMBERS = 200_000
 
+
+def _start_numbers_job(
+    broker: EmbeddedBroker, unique: str, **settings: Any
+) -> tuple[rs.RunningApp, int, dict[str, Any] | None]:
+    """``NUMBERS`` records mapped to ``<unique>.out`` by 2 workers (bounded), started and run
+    until worker 0 has committed some; returns the app, worker 0's pid and its report then."""
+    src = f"{unique}.in"
+    create_topic(broker.bootstrap, src, PARTITIONS)
+    produce(broker.bootstrap, src, ((b"k%d" % (i % 500), b"%d" % i) for i in range(NUMBERS)))
+    app = rs.App(unique, brokers=broker.bootstrap, max_batch_records=2_000, **settings)
+    app.stream(src, value=rs.String()).map(lambda r: {"v": int(r["value"])}).to(f"{unique}.out")
     running = app.start(workers=2, bounded=True)
     victim = running.worker_pids()[0]
-    # Let the victim commit some progress, then kill its process outright.
     deadline = time.monotonic() + 60
+    w = None
     while time.monotonic() < deadline:
         w = running.status()["workers"].get(0)
         if w and w["records_in"] > 0:
             break
         time.sleep(0.05)
+    return running, victim, w
+
+
+def _assert_every_number_out(broker: EmbeddedBroker, unique: str) -> None:
+    seen = Counter(m.json()["v"] for m in read_all(broker.bootstrap, f"{unique}.out"))
+    missing = [i for i in range(NUMBERS) if seen[i] == 0]
+    assert not missing, f"{len(missing)} inputs lost, e.g. {missing[:5]}"
+
+
+def test_killed_worker_is_restarted_and_every_input_is_processed(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    running, victim, w = _start_numbers_job(broker, unique)
+    # The victim has committed some progress: kill its process outright.
     os.kill(victim, signal.SIGKILL)
     state = running.wait(timeout=300)
     status = running.status()
@@ -115,7 +133,7 @@ def test_killed_worker_is_restarted_and_every_input_is_processed(
     # The kill landed mid-run: the victim had committed only part of its partitions.
     from raystream._kafka.admin import end_offsets
 
-    mine = [(src, int(t.split("_")[1])) for t in result.status["assignments"][0]]
+    mine = [(f"{unique}.in", int(t.split("_")[1])) for t in result.status["assignments"][0]]
     ends = end_offsets(rs.KafkaConfig(broker.bootstrap), mine)
     assert w is not None and w["state"] != "finished"
     assert sum(w["positions"].values()) < sum(ends.values())
@@ -123,31 +141,15 @@ def test_killed_worker_is_restarted_and_every_input_is_processed(
     assert result.status["workers"][0]["pid"] != victim
     # The restarted attempt's counters start at 0; the run's totals still hold every input
     # once (what the killed attempt committed, plus the rest, reprocessing counted once).
-    assert result.records_in == n, (result.records_in, result.status["totals"])
-    assert result.records_out == n and result.dead_letters == 0
-    seen = Counter(m.json()["v"] for m in read_all(broker.bootstrap, f"{unique}.out"))
-    missing = [i for i in range(n) if seen[i] == 0]
-    assert not missing, f"{len(missing)} inputs lost, e.g. {missing[:5]}"
+    assert result.records_in == NUMBERS, (result.records_in, result.status["totals"])
+    assert result.records_out == NUMBERS and result.dead_letters == 0
+    _assert_every_number_out(broker, unique)
 
 
 def test_a_frozen_worker_is_replaced_by_the_watchdog_and_the_totals_stay_exact(
     broker: EmbeddedBroker, ray_local: None, unique: str
 ) -> None:
-    src = f"{unique}.in"
-    n = 200_000
-    create_topic(broker.bootstrap, src, PARTITIONS)
-    produce(broker.bootstrap, src, ((b"k%d" % (i % 500), b"%d" % i) for i in range(n)))
-    app = rs.App(unique, brokers=broker.bootstrap, max_batch_records=2_000, stall_timeout_ms=5_000)
-    app.stream(src, value=rs.String()).map(lambda r: {"v": int(r["value"])}).to(f"{unique}.out")
-
-    running = app.start(workers=2, bounded=True)
-    victim = running.worker_pids()[0]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        w = running.status()["workers"].get(0)
-        if w and w["records_in"] > 0:
-            break
-        time.sleep(0.05)
+    running, victim, w = _start_numbers_job(broker, unique, stall_timeout_ms=5_000)
     os.kill(victim, signal.SIGSTOP)  # hung: alive, but never commits again
     try:
         state = running.wait(timeout=300)
@@ -160,10 +162,9 @@ def test_a_frozen_worker_is_replaced_by_the_watchdog_and_the_totals_stay_exact(
     assert w is not None and w["state"] != "finished", "the freeze came too late"
     assert result.status["attempts"][0] >= 1, "the watchdog never replaced the frozen worker"
     assert result.status["workers"][0]["pid"] != victim
-    assert result.records_in == n, (result.records_in, result.status["totals"])
-    assert result.records_out == n
-    seen = Counter(m.json()["v"] for m in read_all(broker.bootstrap, f"{unique}.out"))
-    assert all(seen[i] > 0 for i in range(n))
+    assert result.records_in == NUMBERS, (result.records_in, result.status["totals"])
+    assert result.records_out == NUMBERS
+    _assert_every_number_out(broker, unique)
 
 
 def test_undecodable_records_do_not_stop_the_partition(
