@@ -11,6 +11,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raystream import serde
 from raystream.serde import JSON, _encode_json_columns, encode_keys
 
 
@@ -48,7 +49,24 @@ def batches(draw: st.DrawFn) -> pa.RecordBatch:
 @settings(max_examples=300, deadline=None)
 @given(batches())
 def test_columnar_encoding_is_byte_identical_to_the_row_path(data: pa.RecordBatch) -> None:
+    # JSON.encode takes the row path under SMALL_BATCH rows: test the columnar path directly.
+    columnar = _encode_json_columns(data)
+    assert columnar is None or columnar == _rowwise(data)
     assert JSON().encode(data) == _rowwise(data)
+
+
+def test_batches_from_small_batch_rows_take_the_columnar_path(monkeypatch: Any) -> None:
+    calls: list[int] = []
+
+    def spy(data: pa.RecordBatch) -> list[bytes] | None:
+        calls.append(data.num_rows)
+        return _encode_json_columns(data)
+
+    monkeypatch.setattr(serde, "_encode_json_columns", spy)
+    for n in (JSON.SMALL_BATCH - 1, JSON.SMALL_BATCH):
+        data = pa.RecordBatch.from_pydict({"id": [f"c{i}" for i in range(n)], "x": [0.5] * n})
+        assert JSON().encode(data) == _rowwise(data)
+    assert calls == [JSON.SMALL_BATCH]
 
 
 def test_the_columnar_path_takes_the_common_types_and_declines_the_rest() -> None:
