@@ -274,6 +274,7 @@ class Worker:
             self._report.state = "running"
             last_commit = last_ends = last_report = time.monotonic()
             interval = self.runtime.commit_interval_ms / 1000.0
+            poll_wait = self.runtime.poll_timeout_ms / 1000.0
             idle_timeout = self.runtime.idle_timeout_ms
             commit = functools.partial(self._commit, consumer, out, tasks, positions, a)
             while True:
@@ -295,9 +296,9 @@ class Worker:
                     commit()
                     self._update_report(runners, positions, consumer)
                     return False
-                msgs = consumer.consume(
-                    self.runtime.max_batch_records, self.runtime.poll_timeout_ms / 1000.0
-                )
+                # Wait for records no longer than the poll timeout, nor past the commit due.
+                wait = min(poll_wait, last_commit + interval - time.monotonic())
+                msgs = _fetch(consumer, self.runtime.max_batch_records, wait)
                 if msgs:
                     _dispatch(msgs, routes, positions, global_positions)
                     out.poll()
@@ -591,6 +592,20 @@ def _set_counts(report: WorkerReport, tasks: list[TaskRunner]) -> None:
     report.records_in = sum(t.counters.records_in for t in tasks)
     report.records_out = sum(t.counters.records_out for t in tasks)
     report.dead_letters = sum(t.counters.dead_letters for t in tasks)
+
+
+def _fetch(consumer: Consumer, max_records: int, timeout: float) -> list[Any]:
+    """The records ready now (up to ``max_records``); when there are none, the first to arrive
+    within ``timeout`` and those ready behind it. Returns as soon as any record is ready:
+    ``consume(n, timeout)`` alone waits out the whole timeout unless ``n`` records are ready,
+    which added up to the poll timeout to every record's latency."""
+    msgs: list[Any] = consumer.consume(max_records, 0)
+    if msgs or timeout <= 0:
+        return msgs
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
 
 
 def _group(msgs: list[Any]) -> dict[tuple[str, int], Incoming]:
