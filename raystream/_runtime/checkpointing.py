@@ -2,11 +2,12 @@
 
 Each epoch writes, for one task, one ``__state`` file and one file per view that changed:
 
-- ``__state``: in a delta epoch, the rows of every operator's keyed stores that changed,
-  ``__value`` pickled and ``__deleted`` for removals; ``__key`` is the store's name, ``|``, and
-  the pickled key. In a full epoch, each store is written as a few rows ``<store>|*<i>`` whose
-  value is a pickled list of up to 200,000 ``(key, value)`` items (one pickle call per chunk is
-  several times faster to write and to load than one per key). Beside them, one
+- ``__state``: each store as a few rows ``<store>|*<i>`` whose value is a pickled list of up
+  to 200,000 ``(key, value)`` items (one pickle call per chunk is several times faster to write
+  and to load than one per key): every item in a full epoch, the items that changed in a delta,
+  whose keys removed from the store are one more row ``<store>|-`` (``__deleted``). Epochs
+  written before deltas were chunked have one row a changed key (``<store>|<pickled key>``),
+  which still restore. Beside them, one
   ``__meta|<operator>`` row per stateful operator (and ``__meta|__task``) holding what is not
   in a keyed store: watermarks, learned schemas, counters (small, written whole every epoch).
 - ``view.<name>``: the view's typed rows that changed (SQL reads these directly); a delta epoch
@@ -50,6 +51,8 @@ _TASK_META = "__task"
 _SEP = b"|"
 #: Marks a chunk of a whole store (a pickled key starts with b"\x80", never with this).
 _CHUNK = b"*"
+#: Marks the keys a delta epoch removed from a store.
+_GONE = b"-"
 _CHUNK_ITEMS = 200_000
 _MISSING = object()
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -197,20 +200,29 @@ class _Rows:
     def add_store(self, prefix: bytes, kv: KeyedStore, full: bool) -> None:
         keys, deleted, values = self.keys, self.deleted, self.values
         if full:
-            items = list(kv.items())
-            for i, start in enumerate(range(0, len(items), _CHUNK_ITEMS)):
-                chunk = items[start : start + _CHUNK_ITEMS]
-                self.add(prefix + _CHUNK + str(i).encode(), _dump_chunk(chunk))
+            self._chunks(prefix, list(kv.items()))
             return
+        # A delta: the changed items in chunks, the removed keys in one more row (a key is one
+        # or the other). A few pickle calls a store instead of two a key: epochs are short
+        # when the app wants low latency, and per-key pickling was much of their CPU.
+        changed: list[tuple[Hashable, Any]] = []
+        removed: list[Hashable] = []
         for k in kv.dirty_keys():
             v = kv.get(k, _MISSING)
-            keys.append(prefix + _dump(k))
             if v is _MISSING:
-                deleted.append(True)
-                values.append(None)
+                removed.append(k)
             else:
-                deleted.append(False)
-                values.append(_dump(v))
+                changed.append((k, v))
+        self._chunks(prefix, changed)
+        if removed:
+            keys.append(prefix + _GONE)
+            deleted.append(True)
+            values.append(_dump(removed))
+
+    def _chunks(self, prefix: bytes, items: list[tuple[Hashable, Any]]) -> None:
+        for i, start in enumerate(range(0, len(items), _CHUNK_ITEMS)):
+            chunk = items[start : start + _CHUNK_ITEMS]
+            self.add(prefix + _CHUNK + str(i).encode(), _dump_chunk(chunk))
 
     def table(self) -> pa.Table:
         return _table(self.keys, self.deleted, self.values)
@@ -236,7 +248,10 @@ def _apply(table: pa.Table, meta: dict[Any, Any], stores: dict[str, dict[Hashabl
         if rest[:1] == _CHUNK:
             chunk_keys, chunk_values = loads(value)
             items.update(zip(chunk_keys, chunk_values, strict=True))
-        elif deleted:
+        elif rest == _GONE:
+            for k in loads(value):
+                items.pop(k, None)
+        elif deleted:  # one row a key: epochs written before deltas were chunked
             items.pop(loads(rest), None)
         else:
             items[loads(rest)] = loads(value)

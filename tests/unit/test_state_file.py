@@ -53,3 +53,33 @@ def test_a_value_that_refers_to_itself_is_still_written() -> None:
     ck._apply(_epoch(s, True, None), meta, stores)
     got = stores["op.0"]["a"]
     assert got[0] is got
+
+
+def test_a_delta_is_one_chunk_and_one_row_of_removed_keys() -> None:
+    s = MemoryStore()
+    for i in range(5):
+        s.put(i, i)
+    _epoch(s, True, None)
+    s.put(1, 10)
+    s.put(7, 70)
+    s.delete(2)
+    s.delete(3)
+    keys = _epoch(s, False, None).column("__key").to_pylist()
+    assert sorted(keys) == sorted([ck._meta_key("op"), b"op.0|*0", b"op.0|-"])
+
+
+def test_deltas_written_one_row_a_key_still_restore() -> None:
+    s = MemoryStore()
+    s.put("a", 1)
+    s.put("b", 2)
+    meta: dict[Any, Any] = {}
+    stores: dict[str, dict[Any, Any]] = {}
+    ck._apply(_epoch(s, True, None), meta, stores)
+    # The layout of earlier releases: one row per changed key, a tombstone per removed one.
+    old = ck._table(
+        [b"op.0|" + pickle.dumps("a"), b"op.0|" + pickle.dumps("c")],
+        [True, False],
+        [None, pickle.dumps(3)],
+    )
+    ck._apply(old, meta, stores)
+    assert stores == {"op.0": {"b": 2, "c": 3}}
