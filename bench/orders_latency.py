@@ -63,10 +63,15 @@ def read_terminals(
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     try:
         while not stop.is_set():
-            for m in c.consume(10_000, 0.05):
+            # Stamp records when they become readable: poll returns as soon as one is, then
+            # take those ready behind it (consume(n, t) alone waits out t for n records).
+            first = c.poll(0.05)
+            if first is None:
+                continue
+            now = int(time.time() * 1000)
+            for m in [first, *c.consume(10_000, 0)]:
                 if m.error() is not None or m.value() is None:
                     continue
-                now = int(time.time() * 1000)
                 e = json.loads(m.value())
                 out.steps.setdefault((e["order_id"], e["type"]), int(e["ts"]))
                 if e["type"] in ("OrderCompleted", "OrderCancelled"):
@@ -77,6 +82,48 @@ def read_terminals(
                         )
     finally:
         c.close()
+
+
+def trace_orders(bootstrap: str, topics: list[str], ids: list[str]) -> list[dict[str, Any]]:
+    """Every record of ``topics`` (read_uncommitted, from the start) that names one of ``ids``:
+    tells a missing order's record that never reached the log from one no app processed."""
+    if not ids:
+        return []
+    wanted = [b'"%s"' % i.encode() for i in ids]  # the id as a JSON string, not a prefix
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-trace-{time.monotonic_ns()}",
+            "isolation.level": "read_uncommitted",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    meta = c.list_topics(timeout=10)
+    tps = [TopicPartition(t, p, 0) for t in topics for p in meta.topics[t].partitions]
+    c.assign(tps)
+    found: list[dict[str, Any]] = []
+    left = {(tp.topic, tp.partition) for tp in tps}
+    deadline = time.monotonic() + 120
+    try:
+        while left and time.monotonic() < deadline:
+            for m in c.consume(10_000, 1.0):
+                if m.error() is not None:
+                    left.discard((m.topic(), m.partition()))
+                    continue
+                v = m.value() or b""
+                if any(w in v for w in wanted):
+                    found.append(
+                        {
+                            "topic": m.topic(),
+                            "partition": m.partition(),
+                            "offset": m.offset(),
+                            "value": v.decode(errors="replace")[:200],
+                        }
+                    )
+    finally:
+        c.close()
+    return found
 
 
 def epoch_timings(url: str | None) -> dict[str, dict[str, float]]:
@@ -196,6 +243,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while time.monotonic() < deadline and len(arrivals.seen) < published.count:
             time.sleep(0.2)
         drained_s = time.monotonic() - started
+        absent = [f"o{i:09d}" for i in range(published.count) if f"o{i:09d}" not in arrivals.seen]
+        trace = trace_orders(
+            bootstrap,
+            [topics.inbox, topics.events, topics.payment, topics.inventory, topics.shipping],
+            absent[:5],
+        )
         timings = {
             "saga": epoch_timings(running.status().get("metrics_url")),
             "services": epoch_timings(helpers.status().get("metrics_url")),
@@ -283,6 +336,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "terminal": len(arrivals.seen),
         "wrong": len(wrong),
         "missing": len(missing),
+        "missing_ids": missing[:20],
+        "missing_trace": trace,
+        "wrong_ids": wrong[:20],
         "latency": {
             "all": percentiles(overall),
             "no_shipping_wait": percentiles(no_wait),

@@ -114,6 +114,36 @@ def ray_session() -> Iterator[float]:
         ray.shutdown()
 
 
+class CpuShares:
+    """CPU each of some processes takes from now on (per cent of one core; the machine has
+    ``os.cpu_count()``): shows which process a latency run's time went to."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid}
+        self.t0 = time.monotonic()
+        self.start = {name: proc_cpu_s(pid) for name, pid in self.pids.items()}
+
+    def shares(self) -> dict[str, float]:
+        """Per cent of one core each process used since construction (gone processes left out)."""
+        wall = time.monotonic() - self.t0
+        out: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            before, now = self.start[name], proc_cpu_s(pid)
+            if before is not None and now is not None and wall > 0:
+                out[name] = round(100 * (now - before) / wall, 1)
+        return out
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_mib(pid: int, field: str = "VmHWM") -> float | None:
     """``field`` (VmHWM: peak RSS, VmRSS: current) of process ``pid`` in MiB, None if gone."""
     try:
@@ -289,10 +319,17 @@ W3_POOL = 20_000
 
 
 def paced_producer(
-    bootstrap: str, topic: str, rate: int, duration_s: float, seed: int, conn: Connection
+    bootstrap: str,
+    topic: str,
+    rate: int,
+    duration_s: float,
+    seed: int,
+    conn: Connection,
+    linger_ms: int = 5,
 ) -> None:
     """Produce payments to ``topic`` at ``rate``/s for ``duration_s`` (run in its own process),
-    ``ts`` = wall-clock ms at ``produce()``; send back what was produced and W1's expectation."""
+    ``ts`` = wall-clock ms at ``produce()``; send back what was produced and W1's expectation.
+    ``linger_ms`` batching is part of the latency measured (``ts`` is taken before it)."""
     pool: list[tuple[bytes, bytes, str, float]] = []
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     spec = PaymentsSpec(count=W3_POOL, customers=10_000, merchants=500, seed=seed)
@@ -308,7 +345,7 @@ def paced_producer(
     prod = Producer(
         {
             "bootstrap.servers": bootstrap,
-            "linger.ms": 5,
+            "linger.ms": linger_ms,
             "enable.idempotence": True,
             "partitioner": "murmur2_random",
             "on_delivery": on_error,
@@ -535,6 +572,7 @@ def latency(ctx: RunContext, *, workers: int, commit_interval_ms: int | None = N
     spec = ctx.workload.spec
     rate = int(ctx.params.get("rate", W3_RATE))
     duration_s = float(ctx.params.get("duration_s", W3_DURATION_S))
+    linger_ms = int(ctx.params.get("linger_ms", 5))
     interval_ms = commit_interval_ms or ctx.commit_interval_ms
     in_topic, w1_out, w2_out = f"{ctx.output_topic}.in", f"{ctx.output_topic}.w1", ctx.output_topic
     parts = spec.partitions
@@ -570,14 +608,23 @@ def latency(ctx: RunContext, *, workers: int, commit_interval_ms: int | None = N
             parent, child = mp.Pipe(duplex=False)
             proc = mp.Process(
                 target=paced_producer,
-                args=(ctx.bootstrap, in_topic, rate, duration_s, spec.seed, child),
+                args=(ctx.bootstrap, in_topic, rate, duration_s, spec.seed, child, linger_ms),
                 name="bench:w3-producer",
             )
             proc.start()
             child.close()
+            cpu = CpuShares(
+                {
+                    "broker": ctx.params.get("broker_pid"),
+                    "producer": proc.pid,
+                    "bench (reader)": os.getpid(),
+                    **{f"worker {s}": p for s, p in pids.items()},
+                }
+            )
             if not parent.poll(duration_s + 120):
                 raise TimeoutError("the W3 producer did not finish")
             produced: dict[str, Any] = parent.recv()
+            shares = cpu.shares()
             proc.join(10)
             # Drain: every payment enriched, then a little longer for the last windows.
             deadline = time.monotonic() + 60
@@ -632,6 +679,8 @@ def latency(ctx: RunContext, *, workers: int, commit_interval_ms: int | None = N
         extra={
             "rate_target": rate,
             "commit_interval_ms": interval_ms,
+            "producer_linger_ms": linger_ms,
+            "cpu_percent_of_one_core": shares,
             "latency_w2_ms": percentiles(reader.lat_w2),
             "latency_w1_ms": percentiles(reader.lat_w1),
             "w2_p99_per_10s_ms": p99_per_window(reader.w2_read_at, reader.lat_w2, 10.0),

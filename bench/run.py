@@ -300,6 +300,8 @@ def latency_table(results: Sequence[Result]) -> str:
         if r.kind != "w3":
             continue
         w2, w1 = r.extra.get("latency_w2_ms", {}), r.extra.get("latency_w1_ms", {})
+        cpu = r.extra.get("cpu_percent_of_one_core", {})
+        workers = [v for k, v in cpu.items() if k.startswith("worker")]
         rows.append(
             (
                 r.name + (f" #{r.repeat}" if r.repeat else ""),
@@ -307,13 +309,15 @@ def latency_table(results: Sequence[Result]) -> str:
                 str(r.extra.get("commit_interval_ms", "-")),
                 *(_fmt(w2.get(k), ",.0f") for k in ("p50", "p99", "max")),
                 *(_fmt(w1.get(k), ",.0f") for k in ("p50", "p99", "max")),
+                _fmt(cpu.get("broker"), ".0f"),
+                _fmt(max(workers) if workers else None, ".0f"),
                 f"{r.extra.get('loadavg_1m_before', 0):.2f}",
                 "yes" if r.verification.ok else "NO",
             )
         )
     head = (
         "W3 run", "in/s", "commit ms", "W2 p50", "W2 p99", "W2 max",
-        "W1 p50", "W1 p99", "W1 max", "load", "ok",
+        "W1 p50", "W1 p99", "W1 max", "broker %", "worker %", "load", "ok",
     )  # fmt: skip
     return render(head, rows) if rows else ""
 
@@ -434,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--duration", type=float, help="W3 seconds of input (default 60; quick 15)")
     ap.add_argument("--rate", type=int, default=20_000, help="W3 input events/s (default 20,000)")
+    ap.add_argument(
+        "--w3-linger-ms", type=int, default=5, help="W3 producer's linger.ms (default 5)"
+    )
     ap.add_argument("--w4-keys", type=int, help="W4 keys of window state (default 1M; quick 100k)")
     ap.add_argument("--only", nargs="+", metavar="GLOB", help="run only these benchmarks")
     ap.add_argument("--repeat", type=int, default=1, help="run each benchmark this many times")
@@ -452,11 +459,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = WorkloadSpec(records=100_000 if args.quick else args.records)
     params = {
         "rate": args.rate,
+        "linger_ms": args.w3_linger_ms,
         "duration_s": args.duration or (15.0 if args.quick else 60.0),
         "keys": args.w4_keys or (100_000 if args.quick else 1_000_000),
     }
 
     broker = None if args.bootstrap else EmbeddedBroker().start()
+    if broker is not None:
+        params["broker_pid"] = broker.pid  # W3 reports the CPU each process took
     try:
         bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
         print(f"broker {bootstrap}: preparing {spec.records:,} payments...", flush=True)
