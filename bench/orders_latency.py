@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service-workers", type=int, default=1)
     parser.add_argument("--commit-interval-ms", type=int, default=50, help="epoch length")
     parser.add_argument("--poll-timeout-ms", type=int, default=10, help="worker poll wait")
-    parser.add_argument("--fetch-wait-ms", type=int, default=10, help="fetch.wait.max.ms")
+    parser.add_argument("--fetch-wait-ms", type=int, default=25, help="fetch.wait.max.ms")
     parser.add_argument("--shipping-timeout-ms", type=int, default=5_000)
     parser.add_argument(
         "--view-refresh-ms", type=int, default=5_000, help="how often the orders view refreshes"
