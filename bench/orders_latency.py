@@ -84,9 +84,10 @@ def read_terminals(
         c.close()
 
 
-def trace_orders(bootstrap: str, topics: list[str], ids: list[str]) -> list[dict[str, Any]]:
-    """Every record of ``topics`` (read_uncommitted, from the start) that names one of ``ids``:
-    tells a missing order's record that never reached the log from one no app processed."""
+def trace_orders(bootstrap: str, prefix: str, ids: list[str]) -> list[dict[str, Any]]:
+    """Every record of the topics named ``prefix...`` (the flow's, their dead-letter and
+    internal topics; read_uncommitted, from the start) that names one of ``ids``: tells a
+    missing order's record that never reached the log from one no app processed."""
     if not ids:
         return []
     wanted = [b'"%s"' % i.encode() for i in ids]  # the id as a JSON string, not a prefix
@@ -100,6 +101,7 @@ def trace_orders(bootstrap: str, topics: list[str], ids: list[str]) -> list[dict
         }
     )
     meta = c.list_topics(timeout=10)
+    topics = [t for t in meta.topics if t.startswith(prefix)]
     tps = [TopicPartition(t, p, 0) for t in topics for p in meta.topics[t].partitions]
     c.assign(tps)
     found: list[dict[str, Any]] = []
@@ -244,11 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.2)
         drained_s = time.monotonic() - started
         absent = [f"o{i:09d}" for i in range(published.count) if f"o{i:09d}" not in arrivals.seen]
-        trace = trace_orders(
-            bootstrap,
-            [topics.inbox, topics.events, topics.payment, topics.inventory, topics.shipping],
-            absent[:5],
-        )
+        trace = trace_orders(bootstrap, prefix, absent[:5])
         timings = {
             "saga": epoch_timings(running.status().get("metrics_url")),
             "services": epoch_timings(helpers.status().get("metrics_url")),
@@ -347,8 +345,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "epochs": timings,
         "apps": {
-            "saga": {"state": saga_result.state, "in": saga_result.records_in},
-            "services": {"state": services_result.state, "in": services_result.records_in},
+            "saga": {
+                "state": saga_result.state,
+                "in": saga_result.records_in,
+                "dead_letters": saga_result.dead_letters,
+            },
+            "services": {
+                "state": services_result.state,
+                "in": services_result.records_in,
+                "dead_letters": services_result.dead_letters,
+            },
         },
     }
 
