@@ -60,16 +60,16 @@ def read_terminals(
             "fetch.wait.max.ms": 10,
         }
     )
+    from raystream._runtime.worker import _fetch
+
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     try:
         while not stop.is_set():
-            # Stamp records when they become readable: poll returns as soon as one is, then
-            # take those ready behind it (consume(n, t) alone waits out t for n records).
-            first = c.poll(0.05)
-            if first is None:
-                continue
+            # Stamp records when they become readable: _fetch returns as soon as one is
+            # (consume(n, t) alone waits out t for n records).
+            msgs = _fetch(c, 10_000, 0.05)
             now = int(time.time() * 1000)
-            for m in [first, *c.consume(10_000, 0)]:
+            for m in msgs:
                 if m.error() is not None or m.value() is None:
                     continue
                 e = json.loads(m.value())

@@ -67,7 +67,9 @@ import raystream as rs
 from bench.registry import Measurement, RunContext, Verification, register
 from bench.workload import WINDOW_MS
 from raystream._kafka.admin import Topics
+from raystream._runtime.worker import _fetch
 from raystream.config import KafkaConfig
+from raystream.dev.ray_head import _stat_field
 from raystream.generate.payments import PaymentsSpec, payments
 from raystream.generate.produce import produce_records
 
@@ -136,12 +138,10 @@ class CpuShares:
 
 def proc_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid`` so far (None when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
+    utime, stime = _stat_field(pid, 14), _stat_field(pid, 15)  # fields of proc(5)
+    if utime is None or stime is None:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_mib(pid: int, field: str = "VmHWM") -> float | None:
@@ -421,10 +421,9 @@ class OutputReader(threading.Thread):
         c = self.consumer
         try:
             while not self.stopping.is_set():
-                m = c.poll(0.1)
-                if m is None:
+                batch = _fetch(c, 10_000, 0.1)  # returns as soon as a record is readable
+                if not batch:
                     continue
-                batch = [m, *c.consume(10_000, 0)]
                 now_ms = time.time() * 1000.0
                 for m in batch:
                     if m.error() is not None:

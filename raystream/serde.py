@@ -100,8 +100,9 @@ class JSON(Serde):
     in the schema are ignored. Without one, the schema is inferred per batch.
     """
 
-    #: Batches smaller than this are decoded value by value: a pyarrow.json call costs a fixed
-    #: ~0.2-0.4 ms, json.loads ~3-5 us per value (measured: 100 is where they cross).
+    #: Batches smaller than this are decoded and encoded value by value: a pyarrow.json call
+    #: and the column encoder each cost a fixed ~0.2-0.4 ms a batch, json ~3-5 us a value
+    #: (measured: both cross near 100).
     SMALL_BATCH = 100
 
     def __init__(self, schema: Any = None) -> None:
@@ -210,7 +211,6 @@ class JSON(Serde):
         return Decoded(data, good, bad)
 
     def encode(self, data: pa.RecordBatch) -> list[bytes]:
-        # Column kernels cost a fixed ~0.3 ms a batch: under ~100 rows the row path is cheaper.
         fast = _encode_json_columns(data) if data.num_rows >= self.SMALL_BATCH else None
         if fast is not None:
             return fast
