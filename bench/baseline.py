@@ -189,12 +189,16 @@ def _drive(
         sink.commit([tp for tp in pos if tp.offset >= 0], last=True)
     end = time.perf_counter()
     assert first is not None
+    to_wall = time.time() - end
     return Measurement(
         records_in=n,
         records_out=0,
         startup_s=first - t0,
         duration_s=end - first,
-        extra=sink.stats() if sink is not None else {},
+        extra={
+            **(sink.stats() if sink is not None else {}),
+            "span_wall": [first + to_wall, end + to_wall],
+        },
     )
 
 

@@ -64,12 +64,12 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 import raystream as rs
+from bench.cpu import CpuShares
 from bench.registry import Measurement, RunContext, Verification, register
 from bench.workload import WINDOW_MS
 from raystream._kafka.admin import Topics
 from raystream._runtime.worker import _fetch
 from raystream.config import KafkaConfig
-from raystream.dev.ray_head import _stat_field
 from raystream.generate.payments import PaymentsSpec, payments
 from raystream.generate.produce import produce_records
 
@@ -116,34 +116,6 @@ def ray_session() -> Iterator[float]:
         ray.shutdown()
 
 
-class CpuShares:
-    """CPU each of some processes takes from now on (per cent of one core; the machine has
-    ``os.cpu_count()``): shows which process a latency run's time went to."""
-
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = {name: pid for name, pid in pids.items() if pid}
-        self.t0 = time.monotonic()
-        self.start = {name: proc_cpu_s(pid) for name, pid in self.pids.items()}
-
-    def shares(self) -> dict[str, float]:
-        """Per cent of one core each process used since construction (gone processes left out)."""
-        wall = time.monotonic() - self.t0
-        out: dict[str, float] = {}
-        for name, pid in self.pids.items():
-            before, now = self.start[name], proc_cpu_s(pid)
-            if before is not None and now is not None and wall > 0:
-                out[name] = round(100 * (now - before) / wall, 1)
-        return out
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far (None when it is gone)."""
-    utime, stime = _stat_field(pid, 14), _stat_field(pid, 15)  # fields of proc(5)
-    if utime is None or stime is None:
-        return None
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
-
-
 def proc_mib(pid: int, field: str = "VmHWM") -> float | None:
     """``field`` (VmHWM: peak RSS, VmRSS: current) of process ``pid`` in MiB, None if gone."""
     try:
@@ -162,13 +134,16 @@ def dir_bytes(path: Path) -> int:
 
 
 def new_app(ctx: RunContext, name: str, checkpoints: Path, **settings: Any) -> rs.App:
-    """The app of a run: the run's guarantee and commit interval, checkpoints in ``checkpoints``."""
+    """The app of a run: the run's guarantee and commit interval, checkpoints in ``checkpoints``
+    (and the output producer's ``linger.ms`` when ``--output-linger-ms`` set one)."""
     settings.setdefault("commit_interval_ms", ctx.commit_interval_ms)
+    linger = ctx.params.get("output_linger_ms")
     return rs.App(
         name,
         brokers=ctx.bootstrap,
         guarantee=ctx.guarantee,
         checkpoints=checkpoints.as_uri(),
+        producer_config=None if linger is None else {"linger.ms": int(linger)},
         **settings,
     )
 
@@ -288,6 +263,7 @@ def throughput(ctx: RunContext, *, kind: str, workers: int) -> Measurement:
             "ray_init_s": round(ray_init_s, 3),
             "app_start_call_s": round(t_started - t_call, 3),
             "start_to_first_record_s": round(t_first - t_call, 3),
+            "span_wall": [t_first, t_end],
             "first_epoch_seen": first.first_epoch,
             "worker_peak_rss_mib": {s: round(v, 1) for s, v in hwm.items() if v is not None},
             "worker_peak_rss_sum_mib": round(sum(rss), 1),

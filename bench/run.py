@@ -31,6 +31,7 @@ from typing import Any
 
 import confluent_kafka
 
+from bench.cpu import CpuSampler
 from bench.registry import BENCHMARKS, Benchmark, Measurement, Result, RunContext, Verification
 from bench.verify import offsets_problems, verify_w1, verify_w2
 from bench.workload import Expected, Workload, WorkloadSpec, prepare
@@ -156,7 +157,11 @@ def run_one(
         Topics(KafkaConfig(brokers=bootstrap)).ensure({ctx.output_topic: workload.partitions})
     load = os.getloadavg()[0]
     try:
-        m = measure_isolated(bench, ctx) if bench.isolate else _measure(bench, ctx)
+        with CpuSampler(ctx.params.get("broker_pid")) as cpu:
+            m = measure_isolated(bench, ctx) if bench.isolate else _measure(bench, ctx)
+        span = m.extra.get("span_wall")
+        if span:
+            m.extra["cpu"] = cpu.span(span[0], span[1], m.records_in)
         t0 = time.perf_counter()
         v = verify(bench, ctx, m, workload, exp)
         m.extra["verify_s"] = round(time.perf_counter() - t0, 2)
@@ -313,6 +318,30 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def cpu_table(results: Sequence[Result]) -> str:
+    """Throughput runs: the cores the machine and the broker kept busy from the first record to
+    the last commit, and the CPU that cost per input record."""
+    rows = []
+    for r in results:
+        cpu = r.extra.get("cpu")
+        if not cpu:
+            continue
+        rows.append(
+            (
+                r.name + (f" #{r.repeat}" if r.repeat else ""),
+                _fmt(r.events_per_s),
+                _fmt(cpu.get("cores_machine"), ".2f"),
+                _fmt(cpu.get("cores_broker"), ".2f"),
+                _fmt(cpu.get("us_per_record_machine"), ".1f"),
+                _fmt(cpu.get("us_per_record_broker"), ".1f"),
+            )
+        )
+    if not rows:
+        return ""
+    head = ("run", "events/s", "cores", "broker cores", "us/rec", "broker us/rec")
+    return render(head, rows)
+
+
 def latency_table(results: Sequence[Result]) -> str:
     """W3 runs: achieved input rate and end-to-end latency of W2 and W1 results."""
     rows = []
@@ -461,6 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--w3-linger-ms", type=int, default=5, help="W3 producer's linger.ms (default 5)"
     )
+    ap.add_argument(
+        "--output-linger-ms",
+        type=int,
+        help="linger.ms of raystream's producers (default: raystream's own)",
+    )
     ap.add_argument("--w4-keys", type=int, help="W4 keys of window state (default 1M; quick 100k)")
     ap.add_argument("--only", nargs="+", metavar="GLOB", help="run only these benchmarks")
     ap.add_argument("--repeat", type=int, default=1, help="run each benchmark this many times")
@@ -480,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = {
         "rate": args.rate,
         "linger_ms": args.w3_linger_ms,
+        "output_linger_ms": args.output_linger_ms,
         "duration_s": args.duration or (15.0 if args.quick else 60.0),
         "keys": args.w4_keys or (100_000 if args.quick else 1_000_000),
     }
@@ -510,8 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table(results))
     comp = comparison(results)
-    for text in (comparison_table(comp) if comp else "", latency_table(results),
-                 recovery_table(results)):  # fmt: skip
+    for text in (comparison_table(comp) if comp else "", cpu_table(results),
+                 latency_table(results), recovery_table(results)):  # fmt: skip
         if text:
             print()
             print(text)
