@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Hashable, Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 from raystream.state.base import KeyedStore
@@ -25,6 +26,8 @@ class MemoryStore(KeyedStore):
     def __init__(self) -> None:
         self._data: dict[Hashable, Any] = {}
         self._dirty: set[Hashable] = set()
+        #: (store size when sampled, bytes per entry then) of the last large-store estimate.
+        self._per_entry: tuple[int, float] | None = None
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         return self._data.get(key, default)
@@ -63,14 +66,19 @@ class MemoryStore(KeyedStore):
     def approx_bytes(self) -> int:
         n = len(self._data)
         if n <= _SIZE_SAMPLE:
-            entries: Iterable[tuple[Hashable, Any]] = self._data.items()
-            scale = 1.0
-        else:  # walking a million entries every few seconds would cost more than the metric
-            items = list(self._data.items())
-            entries = random.Random(n).sample(items, _SIZE_SAMPLE)
-            scale = n / _SIZE_SAMPLE
-        sampled = sum(_size(k, _SIZE_DEPTH) + _size(v, _SIZE_DEPTH) for k, v in entries)
-        return sys.getsizeof(self._data) + int(sampled * scale)
+            exact = sum(
+                _size(k, _SIZE_DEPTH) + _size(v, _SIZE_DEPTH) for k, v in self._data.items()
+            )
+            return sys.getsizeof(self._data) + exact
+        # Sizing a million entries every few seconds would cost more than the metric is worth:
+        # sample, and sample again only once the store has grown or shrunk by a quarter.
+        if self._per_entry is None or not 0.8 < n / self._per_entry[0] < 1.25:
+            step = n // _SIZE_SAMPLE
+            start = random.Random(n).randrange(step)
+            entries = islice(self._data.items(), start, None, step)  # no copy of the store
+            sampled = [_size(k, _SIZE_DEPTH) + _size(v, _SIZE_DEPTH) for k, v in entries]
+            self._per_entry = (n, sum(sampled) / len(sampled))
+        return sys.getsizeof(self._data) + int(n * self._per_entry[1])
 
 
 def _size(obj: Any, depth: int) -> int:

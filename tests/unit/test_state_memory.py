@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pyarrow as pa
+import pytest
 
 from raystream.state.base import KeyedStore
 from raystream.state.memory import _SIZE_DEPTH, MemoryStore, _size
@@ -74,3 +75,23 @@ def test_approx_bytes_of_a_large_store_is_estimated_from_a_sample() -> None:
         _size(k, _SIZE_DEPTH) + _size(v, _SIZE_DEPTH) for k, v in s.items()
     )
     assert abs(s.approx_bytes() - exact) / exact < 0.05
+
+
+def test_a_large_store_is_sampled_again_once_it_has_grown_by_a_quarter() -> None:
+    s = MemoryStore()
+    for i in range(10_000):
+        s.put(i, "x" * 10)
+
+    def entries_part() -> int:  # the estimate without the dict's own table
+        return s.approx_bytes() - sys.getsizeof(s._data)
+
+    small_entries = entries_part()
+    for i in range(10_000, 11_000):  # 10% more of much larger entries: not sampled again...
+        s.put(i, "x" * 10_000)
+    assert entries_part() == pytest.approx(small_entries * 1.1, rel=0.01)  # ...only scaled
+    for i in range(11_000, 20_000):  # now twice the size: sampled again, large entries seen
+        s.put(i, "x" * 10_000)
+    exact = sys.getsizeof(s._data) + sum(
+        _size(k, _SIZE_DEPTH) + _size(v, _SIZE_DEPTH) for k, v in s.items()
+    )
+    assert abs(s.approx_bytes() - exact) / exact < 0.15
