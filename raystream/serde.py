@@ -294,6 +294,9 @@ def encode_keys(keys: pa.Array) -> list[bytes | None]:
 #: A character ``json.dumps`` (``ensure_ascii``) would escape in a string, or might.
 _NEEDS_ESCAPE = r"[^\x20\x21\x23-\x5b\x5d-\x7e]"
 _NULL = pa.scalar("null", pa.string())
+#: From this many values on, floats are written by Arrow's cast (measured: below it the
+#: kernels' fixed cost makes ``repr`` per value cheaper).
+_ARROW_FLOATS = 512
 
 
 def _encode_json_columns(data: pa.RecordBatch) -> list[bytes] | None:
@@ -333,6 +336,13 @@ def _json_texts(col: pa.Array) -> pa.Array | None:
     if pa.types.is_float64(t) or pa.types.is_float32(t):
         if col.null_count < len(col) and not pc.all(pc.is_finite(col)).as_py():
             return None  # NaN and infinities: json's own spelling, on the row path
+        if pa.types.is_float64(t) and len(col) >= _ARROW_FLOATS and _plain_decimal_range(col):
+            # Arrow writes the shortest round-trip digits, as repr does; in this range neither
+            # uses an exponent, and only integral values differ ("3" against "3.0").
+            text = pc.cast(col, pa.string())
+            dotted = pc.match_substring(text, ".")
+            text = pc.if_else(dotted, text, pc.binary_join_element_wise(text, ".0", ""))
+            return text.fill_null(_NULL)
         rep = float.__repr__
         return pa.array(["null" if v is None else rep(v) for v in col.to_pylist()], pa.string())
     if pa.types.is_string(t):
@@ -341,6 +351,22 @@ def _json_texts(col: pa.Array) -> pa.Array | None:
             return pa.array(["null" if v is None else esc(v) for v in col.to_pylist()], pa.string())
         return pc.binary_join_element_wise('"', col, '"', "").fill_null(_NULL)
     return None
+
+
+def _plain_decimal_range(col: pa.Array) -> bool:
+    """Whether every value of float64 ``col`` is null, zero or of magnitude in [1e-4, 1e10):
+    where ``repr`` and Arrow's cast to string both write plain decimals (measured: they agree
+    there, digit for digit; outside it they put exponents in different places)."""
+    mag = pc.abs(col)
+    bounds = pc.min_max(mag).as_py()
+    if bounds["max"] is None:
+        return True  # all null
+    if bounds["max"] >= 1e10:
+        return False
+    if bounds["min"] >= 1e-4:
+        return True
+    ok = pc.or_(pc.equal(mag, 0.0), pc.greater_equal(mag, 1e-4))  # zeros are fine too
+    return bool(pc.all(ok).as_py())
 
 
 def _single_column(data: pa.RecordBatch, column: str) -> pa.Array:

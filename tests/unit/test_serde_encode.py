@@ -86,3 +86,39 @@ def test_the_columnar_path_takes_the_common_types_and_declines_the_rest() -> Non
 
 def test_string_keys_encode_as_utf8() -> None:
     assert encode_keys(pa.array(["a", None, "é"])) == [b"a", None, "é".encode()]
+
+
+_PLAIN = st.one_of(
+    st.floats(1e-4, 1e10, exclude_max=True),
+    st.floats(-1e10, -1e-4, exclude_min=True),
+    st.integers(-(10**9), 10**9).map(float),  # integral: "3.0", not Arrow's "3"
+    st.sampled_from([0.0, -0.0, 1e-4, 9999999999.999998]),
+    st.decimals(0, 10**6, places=2, allow_nan=False).map(float),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.one_of(_PLAIN, st.none()), min_size=1, max_size=64),
+    st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
+)
+def test_long_float_columns_written_by_arrow_match_repr(
+    drawn: list[float | None], odd_one: float | None
+) -> None:
+    values = (drawn * (serde._ARROW_FLOATS // len(drawn) + 1))[: serde._ARROW_FLOATS + 3]
+    if odd_one is not None:
+        values = [*values, odd_one]  # any finite float: outside the range, the repr path
+    data = pa.RecordBatch.from_pydict({"x": pa.array(values, pa.float64())})
+    assert _encode_json_columns(data) == _rowwise(data)
+
+
+def test_arrow_writes_long_float_columns_only_in_the_plain_decimal_range() -> None:
+    n = serde._ARROW_FLOATS
+    plain = pa.array([1.5, 3.0, 0.0, -0.0, 1e-4, None] * n, pa.float64())
+    assert serde._plain_decimal_range(plain)
+    for outside in (1e10, 9.9e-5, -2e15, 5e-324):
+        col = pa.array([1.5] * n + [outside], pa.float64())
+        assert not serde._plain_decimal_range(col)
+        data = pa.RecordBatch.from_pydict({"x": col})
+        assert _encode_json_columns(data) == _rowwise(data)
+    assert serde._plain_decimal_range(pa.nulls(n, pa.float64()))
