@@ -64,7 +64,6 @@ class CpuSampler:
         self.period_s = period_s
         self._times: list[float] = []
         self._machine: list[float] = []
-        self._broker: list[float | None] = []
         self._procs: list[dict[int, float]] = []
         self._names: dict[int, str] = {}
         self._stop = threading.Event()
@@ -81,10 +80,8 @@ class CpuSampler:
         self._sample()
 
     def _sample(self) -> None:
-        broker = proc_cpu_s(self.broker_pid) if self.broker_pid else None
         self._times.append(time.time())
         self._machine.append(machine_busy_s())
-        self._broker.append(broker)
         self._procs.append(self._all_procs())
 
     def _all_procs(self) -> dict[int, float]:
@@ -128,7 +125,8 @@ class CpuSampler:
             by_name[name] = by_name.get(name, 0.0) + (c1 - p0.get(pid, 0.0)) / wall
         top = sorted(by_name.items(), key=lambda kv: -kv[1])[:8]
         out["cores_by_process"] = {k: round(v, 2) for k, v in top if v >= 0.01}
-        b0, b1 = self._broker[i], self._broker[j]
+        b0 = p0.get(self.broker_pid) if self.broker_pid else None
+        b1 = p1.get(self.broker_pid) if self.broker_pid else None
         if b0 is not None and b1 is not None:
             out["cores_broker"] = round((b1 - b0) / wall, 2)
             out["us_per_record_broker"] = round(1e6 * (b1 - b0) * (t1 - t0) / wall / records, 2)

@@ -62,6 +62,7 @@ class MemoryStore(KeyedStore):
     def load(self, items: Iterable[tuple[Hashable, Any]]) -> None:
         self._data = dict(items)
         self._dirty.clear()
+        self._per_entry = None  # new content: size it afresh
 
     def approx_bytes(self) -> int:
         n = len(self._data)
