@@ -43,6 +43,7 @@ class GroupedBatch:
         self.n_groups = n_groups
         self.ts = ts
         self.seq = seq
+        self._arrays: dict[tuple[str | None, str], pa.Array] = {}
         self._columns: dict[tuple[str | None, str], list[Any]] = {}
         unique: dict[tuple[str | None, str], ArrowSpec] = {}
         for spec in specs:
@@ -71,13 +72,22 @@ class GroupedBatch:
         take = pa.array(inv)
         for field, fn, _ in specs:
             name = "count_all" if field is None else f"{field}_{fn}"
-            self._columns[(field, fn)] = out.column(name).take(take).to_pylist()
+            self._arrays[(field, fn)] = out.column(name).combine_chunks().take(take)
+
+    def array(self, field: str | None, fn: str) -> pa.Array:
+        """The per-group result of Arrow's hash ``fn`` over ``field``, as an Arrow array."""
+        if not len(self.gid):
+            return pa.array([], pa.int64())
+        return self._arrays[(field, fn)]
 
     def column(self, field: str | None, fn: str) -> list[Any]:
         """The per-group result of Arrow's hash ``fn`` over ``field`` (declared in arrow_specs)."""
         if not len(self.gid):
             return []
-        return self._columns[(field, fn)]
+        got = self._columns.get((field, fn))
+        if got is None:
+            got = self._columns[(field, fn)] = self._arrays[(field, fn)].to_pylist()
+        return got
 
     def ordered(self, field: str, keys: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Row indices with a non-null ``field`` sorted by group then ``keys``; and their groups."""

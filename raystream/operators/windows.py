@@ -208,6 +208,8 @@ class WindowedAggregateSpec(OperatorSpec):
         )
 
     def build(self, name: str) -> Operator:
+        from raystream.operators.windows_panes import columnar
+        from raystream.operators.windows_panes_op import PaneWindowAggregateOperator
         from raystream.operators.windows_session import SessionAggregateOperator
         from raystream.operators.windows_sliding import SlidingAggregateOperator
         from raystream.operators.windows_time import TimeWindowAggregateOperator
@@ -216,4 +218,6 @@ class WindowedAggregateSpec(OperatorSpec):
             return SessionAggregateOperator(name, self)
         if isinstance(self.window, SlidingWindow):
             return SlidingAggregateOperator(name, self)
+        if columnar([a for _, a in self.aggs]):
+            return PaneWindowAggregateOperator(name, self)
         return TimeWindowAggregateOperator(name, self)

@@ -176,7 +176,7 @@ class KeyedAggregateBase(Operator):
 
     # -- output --------------------------------------------------------------------------------
 
-    def _result_batch(self, rows: Sequence[ResultRow], windowed: bool = True) -> Batch | None:
+    def _result_batch(self, rows: Sequence[Any], windowed: bool = True) -> Batch | None:
         if not rows:
             return None
         keys = pa.array([r[0] for r in rows], type=self._key_type)
@@ -252,7 +252,7 @@ def _column(values: list[Any], typ: pa.DataType | None, name: str) -> pa.Array:
             pass
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
         raise OperatorContractError(
             f"results of aggregation {name!r} cannot form one Arrow column (mixed types?): {exc}"
         ) from exc
@@ -311,10 +311,10 @@ class WindowOperatorBase(KeyedAggregateBase):
         """Add ``p`` to state. Returns (late mask, late window starts, ends, changed windows)."""
         raise NotImplementedError
 
-    def _rows(self, changed: list[Any]) -> list[ResultRow]:
+    def _rows(self, changed: list[Any]) -> list[Any]:
         """Current result rows of the ``changed`` windows."""
         raise NotImplementedError
 
-    def _close(self, collect: bool) -> list[ResultRow]:
+    def _close(self, collect: bool) -> list[Any]:
         """Evict every window the watermark closed; their rows when ``collect``."""
         raise NotImplementedError

@@ -22,6 +22,40 @@ if TYPE_CHECKING:
     from raystream.operators.windows import WindowedAggregateSpec
 
 
+def candidate_windows(
+    ts: np.ndarray,
+    wm: np.ndarray,
+    size: int,
+    advance: int,
+    grace: int,
+    arrival_order: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``(record, window start)`` pairs a batch adds to open windows.
+
+    Returns the record index and window start of each pair (in arrival order when
+    ``arrival_order``), which records some window accepted, and each record's latest window
+    start (the bounds reported with late records).
+    """
+    last_start = np.floor_divide(ts, advance) * advance
+    recs: list[np.ndarray] = []
+    starts: list[np.ndarray] = []
+    accepted = np.zeros(len(ts), bool)
+    for j in range(-(-size // advance)):
+        start = last_start - j * advance
+        end = start + size
+        ok = (end > ts) & (end + grace > wm)
+        idx = np.flatnonzero(ok)
+        recs.append(idx)
+        starts.append(start[idx])
+        accepted |= ok
+    rec = np.concatenate(recs)
+    start = np.concatenate(starts)
+    if arrival_order and len(recs) > 1:
+        order = np.argsort(rec, kind="stable")  # arrival order, for custom reducers
+        rec, start = rec[order], start[order]
+    return rec, start, accepted, last_start
+
+
 class TimeWindowAggregateOperator(WindowOperatorBase):
     """Aggregates per key over tumbling or hopping windows."""
 
@@ -38,24 +72,11 @@ class TimeWindowAggregateOperator(WindowOperatorBase):
         return len(self.store)
 
     def _absorb(self, p: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any]]:
-        size, adv, grace = self.size, self.advance, self.grace
-        ts, wm = p.ts, p.wm
-        last_start = np.floor_divide(ts, adv) * adv
-        recs: list[np.ndarray] = []
-        starts: list[np.ndarray] = []
-        accepted = np.zeros(len(ts), bool)
-        for j in range(-(-size // adv)):
-            start = last_start - j * adv
-            end = start + size
-            ok = (end > ts) & (end + grace > wm)
-            idx = np.flatnonzero(ok)
-            recs.append(idx)
-            starts.append(start[idx])
-            accepted |= ok
-        rec = np.concatenate(recs)
-        start = np.concatenate(starts)
-        order = np.argsort(rec, kind="stable")  # arrival order, for custom reducers
-        rec, start = rec[order], start[order]
+        ts = p.ts
+        rec, start, accepted, last_start = candidate_windows(
+            ts, p.wm, self.size, self.advance, self.grace, arrival_order=True
+        )
+        size = self.size
         changed: list[tuple[Any, int]] = []
         if len(rec):
             gid, _, rep = group_ids(p.codes[rec], start)
