@@ -113,7 +113,7 @@ def partial_arrays(
 class Pane:
     """The open windows that start at ``start``: keys, their slots, accumulator columns."""
 
-    __slots__ = ("index", "keys", "seen", "start", "vals")
+    __slots__ = ("index", "keys", "rows_out", "seen", "start", "touched", "vals", "written")
 
     def __init__(self, start: int, n_components: int, nullable: Sequence[bool]) -> None:
         self.start = start
@@ -123,6 +123,15 @@ class Pane:
         self.seen: list[np.ndarray | None] = [
             np.zeros(0, bool) if nul else None for nul in nullable
         ]
+        self._reset_bookkeeping(written=False)
+
+    def _reset_bookkeeping(self, written: bool) -> None:
+        #: Slot arrays changed since the last checkpoint.
+        self.touched: list[np.ndarray] = []
+        #: Whether the checkpoints hold the pane whole (else only rows of it, or nothing).
+        self.written = written
+        #: Keys the checkpoints hold as rows written after the pane was last written whole.
+        self.rows_out: set[Any] = set()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -169,6 +178,8 @@ class Pane:
     ) -> None:
         """Merge the partials ``part`` (valid where ``valid``) into component ``j`` at ``slots``."""
         seen = self.seen[j]
+        if j == 0:
+            self.touched.append(slots)
         if valid is not None:
             slots, part = slots[valid], part[valid]
         vals = self.vals[j]
@@ -225,6 +236,52 @@ class Pane:
         s = self.seen[j]
         return self.vals[j][:n], None if s is None else s[:n]
 
+    def assign(self, keys: list[Any], flat: list[list[Any]], comps: Sequence[Component]) -> None:
+        """Set the windows of ``keys`` to the component values ``flat`` (None: no value)."""
+        slots = self.slots(keys)
+        for j, (comp, values) in enumerate(zip(comps, flat, strict=True)):
+            seen = self.seen[j]
+            if seen is None:
+                self.vals[j][slots] = 0
+            else:
+                seen[slots] = False
+            part, valid = _component_values(values)
+            self.merge(j, comp.op, slots, part, valid)
+
+    def accumulators(self, slot: int, arity: Sequence[int]) -> tuple[Any, ...]:
+        """The row store's accumulator tuple of the window at ``slot`` (a mean's is a pair)."""
+        flat = []
+        for j in range(len(self.vals)):
+            s = self.seen[j]
+            v = self.vals[j][slot]
+            flat.append(
+                None if s is not None and not s[slot] else v.item() if hasattr(v, "item") else v
+            )
+        out: list[Any] = []
+        j = 0
+        for a in arity:
+            out.append(flat[j] if a == 1 else tuple(flat[j : j + a]))
+            j += a
+        return tuple(out)
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Each window as ``(key, component values...)``, None where no value was seen."""
+        cols: list[list[Any]] = []
+        for j in range(len(self.vals)):
+            values, seen = self.column(j)
+            listed = values.tolist()
+            if seen is not None:
+                listed = [v if s else None for v, s in zip(listed, seen.tolist(), strict=True)]
+            cols.append(listed)
+        return list(zip(self.keys, *cols, strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pane):
+            return NotImplemented
+        return self.start == other.start and self.rows() == other.rows()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
     def copy(self) -> Pane:
         """An independent copy (for snapshots handed out while the pane keeps changing)."""
         new = Pane.__new__(Pane)
@@ -244,6 +301,7 @@ class Pane:
         self.start, keys, self.vals, self.seen = state
         self.keys = list(keys)
         self.index = {k: i for i, k in enumerate(self.keys)}
+        self._reset_bookkeeping(written=True)
 
     def nbytes(self) -> int:
         """Approximate memory of the pane (arrays, key list, index, a sample of the keys)."""
@@ -258,33 +316,43 @@ class Pane:
         )
 
 
+def _flatten(
+    rows: Iterable[tuple[Any, tuple[Any, ...]]], n: int
+) -> tuple[list[Any], list[list[Any]]]:
+    """Keys and per-component values of ``(key, accumulator tuple)`` rows."""
+    keys: list[Any] = []
+    flat: list[list[Any]] = [[] for _ in range(n)]
+    for key, accs in rows:
+        keys.append(key)
+        j = 0
+        for acc in accs:
+            for v in acc if isinstance(acc, tuple) else (acc,):
+                flat[j].append(v)
+                j += 1
+    return keys, flat
+
+
+def _component_values(values: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    valid = np.fromiter((v is not None for v in values), bool, len(values))
+    present = [v for v in values if v is not None]
+    if all(type(v) is int for v in present) and _fits_int64(present):
+        part = np.array([0 if v is None else v for v in values], np.int64)
+    elif all(type(v) is float for v in present):
+        part = np.array([0.0 if v is None else v for v in values], np.float64)
+    else:
+        part = _object_array(values)
+    return part, None if valid.all() else valid
+
+
 def pane_from_rows(
     start: int, rows: Iterable[tuple[Any, tuple[Any, ...]]], comps: Sequence[Component]
 ) -> Pane:
     """A pane from ``(key, accumulator tuple)`` rows: the state of one row per window, as
     checkpoints before panes stored it."""
     pane = Pane(start, len(comps), [c.nullable for c in comps])
-    keys: list[Any] = []
-    flat: list[list[Any]] = [[] for _ in comps]
-    for key, accs in rows:
-        keys.append(key)
-        j = 0
-        for acc in accs:
-            parts = acc if isinstance(acc, tuple) else (acc,)
-            for v in parts:
-                flat[j].append(v)
-                j += 1
-    slots = pane.slots(keys)
-    for j, (comp, values) in enumerate(zip(comps, flat, strict=True)):
-        valid = np.fromiter((v is not None for v in values), bool, len(values))
-        present = [v for v in values if v is not None]
-        if all(type(v) is int for v in present) and _fits_int64(present):
-            part = np.array([0 if v is None else v for v in values], np.int64)
-        elif all(type(v) is float for v in present):
-            part = np.array([0.0 if v is None else v for v in values], np.float64)
-        else:
-            part = _object_array(values)
-        pane.merge(j, comp.op, slots, part, None if valid.all() else valid)
+    keys, flat = _flatten(rows, len(comps))
+    pane.assign(keys, flat, comps)
+    pane.touched = []
     return pane
 
 
@@ -292,23 +360,40 @@ def _fits_int64(values: list[int]) -> bool:
     return not values or (builtins.min(values) >= -(2**63) and builtins.max(values) < 2**63)
 
 
+#: A pane whose changed windows since the last checkpoint are more than this share of it is
+#: written whole; otherwise as rows, one per changed window.
+_WHOLE_SHARE = 0.25
+
+
 class PaneStore(KeyedStore):
-    """The panes of one operator by window start, with the starts changed since the last
-    checkpoint as the dirty set.
+    """The panes of one operator by window start, with checkpoint deltas at two grains.
+
+    A delta writes a pane whole (key: its window start; value: the :class:`Pane`) when it is
+    new or much of it changed, and otherwise only its changed windows, as the row store wrote
+    them (key: ``(key, window start)``; value: the accumulator tuple). Rows written since a
+    pane was last written whole are deleted when it is written whole again or closed, so the
+    checkpoints never hold a row older than its pane. :meth:`load` puts the rows back on top
+    of their panes.
 
     Values are live :class:`Pane` objects, changed in place by the operator: a checkpoint
     pickles them while it is written (synchronously, between two batches), which is the only
     reader of :meth:`get` and :meth:`items`.
     """
 
-    def __init__(self, comps: Sequence[Component]) -> None:
+    def __init__(self, comps: Sequence[Component], arity: Sequence[int]) -> None:
         self._comps = list(comps)
+        self._arity = list(arity)
         self._panes: dict[int, Pane] = {}
         self._dirty: set[int] = set()
+        #: Rows in the checkpoints of panes closed since the last checkpoint (to delete).
+        self._gone: set[tuple[Any, int]] = set()
+        self._plan: tuple[frozenset[Hashable], list[Pane], list[tuple[Pane, list[Any]]]] | None
+        self._plan = None
 
     def pane(self, start: int) -> tuple[Pane, bool]:
         """The pane of ``start`` (created when missing, then ``True``); marks it dirty."""
         self._dirty.add(start)
+        self._plan = None
         pane = self._panes.get(start)
         if pane is not None:
             return pane, False
@@ -320,6 +405,8 @@ class PaneStore(KeyedStore):
         pane = self._panes.pop(start, None)
         if pane is not None:
             self._dirty.add(start)
+            self._gone.update((k, start) for k in pane.rows_out)
+            self._plan = None
         return pane
 
     def starts(self) -> list[int]:
@@ -331,6 +418,10 @@ class PaneStore(KeyedStore):
         return sum(len(p) for p in self._panes.values())
 
     def get(self, key: Hashable, default: Any = None) -> Any:
+        if isinstance(key, tuple):
+            pane = self._panes.get(key[1])
+            slot = None if pane is None else pane.index.get(key[0])
+            return default if slot is None else pane.accumulators(slot, self._arity)  # type: ignore[union-attr]
         return self._panes.get(key, default)  # type: ignore[call-overload]
 
     def put(self, key: Hashable, value: Any) -> None:
@@ -339,7 +430,9 @@ class PaneStore(KeyedStore):
                 f"a pane store holds Pane objects by window start, not {type(value).__name__}"
             )
         self._panes[key] = value
+        value.written = False
         self._dirty.add(key)
+        self._plan = None
 
     def delete(self, key: Hashable) -> None:
         self.pop(key)  # type: ignore[arg-type]
@@ -357,30 +450,79 @@ class PaneStore(KeyedStore):
         return key in self._panes
 
     def dirty_keys(self) -> frozenset[Hashable]:
-        return frozenset(self._dirty)
+        if self._plan is None:
+            self._plan = self._make_plan()
+        return self._plan[0]
+
+    def _make_plan(self) -> tuple[frozenset[Hashable], list[Pane], list[tuple[Pane, list[Any]]]]:
+        out: set[Hashable] = set(self._gone)
+        whole: list[Pane] = []
+        rows: list[tuple[Pane, list[Any]]] = []
+        for start in self._dirty:
+            pane = self._panes.get(start)
+            if pane is None:
+                out.add(start)
+                continue
+            changed: np.ndarray = (
+                np.unique(np.concatenate(pane.touched)) if pane.touched else np.zeros(0, np.int64)
+            )
+            if not pane.written or len(changed) > _WHOLE_SHARE * len(pane):
+                out.add(start)
+                out.update((k, start) for k in pane.rows_out)  # superseded: deleted
+                whole.append(pane)
+            else:
+                own = pane.keys
+                keys = [own[i] for i in changed.tolist()]
+                out.update((k, start) for k in keys)
+                rows.append((pane, keys))
+        return frozenset(out), whole, rows
 
     def mark_clean(self) -> None:
+        # Called once the changes are in a checkpoint: what it now holds of each pane.
+        _, whole, rows = self._plan if self._plan is not None else self._make_plan()
+        for pane in whole:
+            pane.written = True
+            pane.rows_out.clear()
+        for pane, keys in rows:
+            pane.rows_out.update(keys)
+        for pane in self._panes.values():
+            pane.touched = []
         self._dirty.clear()
+        self._gone.clear()
+        self._plan = None
 
     def load(self, items: Iterable[tuple[Hashable, Any]]) -> None:
-        """Replace the panes by ``items``: ``(start, Pane)`` pairs, or the ``((key, start),
-        accumulators)`` rows that checkpoints held before panes."""
+        """Replace the panes by ``items``: ``(start, Pane)`` pairs and ``((key, start),
+        accumulators)`` rows (a pane's later changes, or the whole state of checkpoints
+        written before panes)."""
         panes: dict[int, Pane] = {}
-        legacy: dict[int, list[tuple[Any, tuple[Any, ...]]]] = {}
+        rows: dict[int, list[tuple[Any, tuple[Any, ...]]]] = {}
         for key, value in items:
             if isinstance(value, Pane):
                 panes[int(key)] = value  # type: ignore[call-overload]
             elif isinstance(key, tuple) and len(key) == 2 and isinstance(value, tuple):
-                legacy.setdefault(int(key[1]), []).append((key[0], value))
+                rows.setdefault(int(key[1]), []).append((key[0], value))
             else:
                 raise OperatorContractError(
                     f"cannot load window state item {key!r}: neither a pane nor a "
                     "(key, window start) row; was the checkpoint written by another operator?"
                 )
-        for start, rows in legacy.items():
-            panes[start] = pane_from_rows(start, rows, self._comps)
+        for pane in panes.values():
+            pane._reset_bookkeeping(written=True)
+        for start, pane_rows in rows.items():
+            found = panes.get(start)
+            if found is None:
+                pane = panes[start] = pane_from_rows(start, pane_rows, self._comps)
+            else:
+                pane = found
+                keys, flat = _flatten(pane_rows, len(self._comps))
+                pane.assign(keys, flat, self._comps)
+                pane.touched = []
+            pane.rows_out.update(k for k, _ in pane_rows)
         self._panes = panes
         self._dirty.clear()
+        self._gone.clear()
+        self._plan = None
 
     def approx_bytes(self) -> int:
         return sys.getsizeof(self._panes) + sum(p.nbytes() for p in self._panes.values())

@@ -46,7 +46,7 @@ class PaneWindowAggregateOperator(WindowOperatorBase):
         self.advance: int = getattr(spec.window, "advance_ms", self.size)
         self._comps = components(self.aggs)
         self._specs = [c.spec for c in self._comps]
-        self.panes = PaneStore(self._comps)
+        self.panes = PaneStore(self._comps, [len(a.arrow_specs()) for a in self.aggs])
         self.store = self.panes  # type: ignore[assignment]
         self._heap: list[int] = []  # starts of the open panes
 

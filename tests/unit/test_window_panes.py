@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import raystream as rs
+from raystream._kafka import headers as hdr
+from raystream._runtime.checkpointing import TaskCheckpointer
+from raystream._runtime.task import Incoming, TaskRunner
 from raystream.errors import OperatorContractError
 from raystream.operators import aggregations as A
 from raystream.operators.base import Batch
@@ -14,6 +21,8 @@ from raystream.operators.windows import WindowedAggregateSpec, tumbling
 from raystream.operators.windows_panes import PaneStore, components
 from raystream.operators.windows_panes_op import PaneWindowAggregateOperator
 from raystream.operators.windows_time import TimeWindowAggregateOperator
+from raystream.state.checkpoint import CheckpointStore
+from raystream.topology.plan import TaskId
 
 AGGS = {"n": A.count(), "s": A.sum("x"), "lo": A.min("x"), "hi": A.max("x"), "m": A.mean("x")}
 
@@ -95,6 +104,7 @@ def test_panes_pickle_and_restore_into_a_fresh_operator() -> None:
     fresh = _op(grace=20)
     fresh.restore(pickle.loads(pickle.dumps(op.snapshot())))
     assert fresh.open_windows() == 3
+    assert dict(fresh.panes.items()) == dict(op.panes.items())
     _feed(op, [("a", 3, 7)])
     _feed(fresh, [("a", 3, 7)])
     assert _close(fresh) == _close(op)
@@ -102,7 +112,7 @@ def test_panes_pickle_and_restore_into_a_fresh_operator() -> None:
 
 def test_old_checkpoints_of_one_row_per_window_load_into_panes() -> None:
     comps = components(list(AGGS.values()))
-    store = PaneStore(comps)
+    store = PaneStore(comps, [1, 1, 1, 1, 2])
     # (key, start) -> (count, sum, min, max, (sum, count)): the row store's accumulators.
     store.load(
         [
@@ -127,7 +137,7 @@ def test_old_checkpoints_of_one_row_per_window_load_into_panes() -> None:
 
 
 def test_loading_foreign_state_fails_clearly() -> None:
-    store = PaneStore(components([A.count()]))
+    store = PaneStore(components([A.count()]), [1])
     with pytest.raises(OperatorContractError, match="neither a pane"):
         store.load([("k", 3)])
 
@@ -139,3 +149,60 @@ def test_state_size_follows_the_open_windows() -> None:
     assert big > 1000 * 8 * 5  # at least the accumulator arrays
     _close(op)
     assert op.panes.approx_bytes() < big / 10
+
+
+class _Sink:
+    def send(self, topic, value, key, timestamp, headers) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
+def _task(app: rs.App) -> TaskRunner:
+    return TaskRunner(
+        app.name,
+        TaskId(0, 0),
+        app.plan(),
+        _Sink(),  # type: ignore[arg-type]
+        dlq_topic=lambda t: f"{t}.dlq",
+        provenance=functools.partial(hdr.provenance, "0_0", 0, 0),
+    )
+
+
+def _panes(task: TaskRunner) -> dict:
+    (op,) = [o for o in task.operators.values() if isinstance(o, PaneWindowAggregateOperator)]
+    return dict(op.panes.items())
+
+
+def test_checkpoints_write_small_changes_as_rows_and_restore_every_epoch(
+    tmp_path: Path,
+) -> None:
+    app = rs.App("panes", brokers="unused:1", checkpoints=tmp_path.as_uri())
+    (
+        app.stream("in", key="k", time="ts")
+        .group_by("k")
+        .window(rs.tumbling("1h"))
+        .agg(n=rs.count(), total=rs.sum("x"), m=rs.mean("x"))
+        .to("out")
+    )
+    task = _task(app)
+    store = CheckpointStore(tmp_path.as_uri(), app.name)
+    ck = TaskCheckpointer(store, task, compact_every=100)
+    (op,) = [o for o in task.operators.values() if isinstance(o, PaneWindowAggregateOperator)]
+    offset = 0
+    states = {}
+    # All keys in one window: a new pane, a trickle, a big change, a trickle.
+    for epoch, keys in enumerate([range(1000), range(5), range(600), [3, 999, 7]], start=1):
+        values = [json.dumps({"k": f"k{i}", "ts": 1000 + i, "x": i * 0.5}).encode() for i in keys]
+        n = len(values)
+        task.process(Incoming("in", values, [None] * n, [0] * n, list(range(offset, offset + n))))
+        offset += n
+        dirty = op.panes.dirty_keys()
+        if epoch in (2, 4):  # a trickle: rows of the changed windows only
+            assert all(isinstance(k, tuple) for k in dirty) and len(dirty) == len(keys)
+        if epoch == 3:  # most of the pane: whole, and the rows of epoch 2 deleted
+            assert 0 in dirty and ("k1", 0) in dirty
+        ck.write((epoch, 0), {"in[0]": offset})
+        states[epoch] = {s: p.copy() for s, p in _panes(task).items()}
+    for epoch, expected in states.items():
+        fresh = _task(app)
+        TaskCheckpointer(store, fresh, compact_every=100).restore((epoch, 0))
+        assert _panes(fresh) == expected, f"epoch {epoch}"
