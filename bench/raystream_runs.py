@@ -135,8 +135,10 @@ def dir_bytes(path: Path) -> int:
 
 def new_app(ctx: RunContext, name: str, checkpoints: Path, **settings: Any) -> rs.App:
     """The app of a run: the run's guarantee and commit interval, checkpoints in ``checkpoints``
-    (and the output producer's ``linger.ms`` when ``--output-linger-ms`` set one)."""
+    (and the output producer's ``linger.ms`` when ``--output-linger-ms`` set one, commits not
+    overlapped with ``--no-overlap-commits``)."""
     settings.setdefault("commit_interval_ms", ctx.commit_interval_ms)
+    settings.setdefault("overlap_commits", bool(ctx.params.get("overlap_commits", True)))
     linger = ctx.params.get("output_linger_ms")
     return rs.App(
         name,

@@ -495,6 +495,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="linger.ms of raystream's producers (default: raystream's own)",
     )
+    ap.add_argument(
+        "--no-overlap-commits",
+        action="store_true",
+        help="raystream waits for every exactly-once commit (RuntimeConfig.overlap_commits off)",
+    )
     ap.add_argument("--w4-keys", type=int, help="W4 keys of window state (default 1M; quick 100k)")
     ap.add_argument("--only", nargs="+", metavar="GLOB", help="run only these benchmarks")
     ap.add_argument("--repeat", type=int, default=1, help="run each benchmark this many times")
@@ -515,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rate": args.rate,
         "linger_ms": args.w3_linger_ms,
         "output_linger_ms": args.output_linger_ms,
+        "overlap_commits": not args.no_overlap_commits,
         "duration_s": args.duration or (15.0 if args.quick else 60.0),
         "keys": args.w4_keys or (100_000 if args.quick else 1_000_000),
     }

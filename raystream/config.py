@@ -44,6 +44,10 @@ class RuntimeConfig:
     guarantee: Guarantee = Guarantee.EXACTLY_ONCE
     #: Epoch length: outputs are flushed and input offsets committed this often.
     commit_interval_ms: int = 200
+    #: exactly_once only: commit an epoch's transaction in the background while the next epoch
+    #: is processed (two transactional producers per worker taking turns). False: the loop
+    #: waits for every commit, with one producer.
+    overlap_commits: bool = True
     #: Where state checkpoints go: ``file:///path``, a path, or ``s3://bucket/prefix`` (S3
     #: options as URI query, e.g. ``?endpoint_override=...``). None: ``<RAYSTREAM_HOME or
     #: ~/.raystream>/checkpoints`` on the machine of each worker (one-machine setups only).

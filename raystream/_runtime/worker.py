@@ -33,6 +33,7 @@ from raystream._runtime.checkpointing import TaskCheckpointer
 from raystream._runtime.epochs import epochs_topic, marker_partitions
 from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.output import OutputSink
+from raystream._runtime.pipeline import PipelinedOutput
 from raystream._runtime.task import Incoming, TaskRunner
 from raystream.config import Guarantee, KafkaConfig, RuntimeConfig
 from raystream.errors import (
@@ -86,6 +87,21 @@ class _Task:
     gc_at: float = 0.0
 
 
+@dataclass
+class _Epoch:
+    """An epoch whose commit was started: what to record and report once it is confirmed."""
+
+    tasks: list[_Task]
+    #: The attempt's records in, out and dead-lettered as of the epoch's end.
+    counts: tuple[int, int, int]
+    #: Kafka timestamps of the epoch's records, by task (the end-to-end latency metric).
+    stamps: dict[TaskRunner, list[list[int]]]
+    started: float
+
+
+Output = OutputSink | PipelinedOutput
+
+
 class Worker:
     """A Ray actor holding a set of tasks. Created by the coordinator, never by users."""
 
@@ -115,6 +131,11 @@ class Worker:
         #: The number of the last report sent (see :meth:`_send_report`).
         self._seq = 0
         self._seq_lock = threading.Lock()
+        #: The epoch whose commit runs in the background (overlapped commits), if any.
+        self._unconfirmed: _Epoch | None = None
+        #: The attempt's counts as of its last confirmed epoch (what reports carry).
+        self._counts = (0, 0, 0)
+        self._last_report = 0.0
         self._thread = threading.Thread(
             target=self._main, name=f"raystream-worker-{slot}", daemon=True
         )
@@ -236,14 +257,9 @@ class Worker:
         self._live = {}
         self._report.attempt = a.attempt
         exactly_once = self.runtime.guarantee is Guarantee.EXACTLY_ONCE
-        hooks = self.metrics.client_config()
-        out = OutputSink(
-            self.kafka,
-            transactional_id=f"{self.app}-{self.slot}" if exactly_once else None,
-            pad_topic=epochs_topic(self.app) if exactly_once else None,
-            **hooks,
-        )
-        consumer = make_consumer(self.kafka, group_id=self.app, **hooks)
+        self._unconfirmed, self._counts = None, (0, 0, 0)
+        out = self._output(exactly_once)
+        consumer = make_consumer(self.kafka, group_id=self.app, **self.metrics.client_config())
         try:
             with self._waiting_on_kafka("starting the attempt"):
                 started = time.monotonic()
@@ -272,11 +288,13 @@ class Worker:
             ends = dict(a.end_offsets) if a.end_offsets is not None else None
             runners = [t.runner for t in tasks]
             self._report.state = "running"
-            last_commit = last_ends = last_report = time.monotonic()
+            last_commit = last_ends = self._last_report = time.monotonic()
             interval = self.runtime.commit_interval_ms / 1000.0
             poll_wait = self.runtime.poll_timeout_ms / 1000.0
             idle_timeout = self.runtime.idle_timeout_ms
-            commit = functools.partial(self._commit, consumer, out, tasks, positions, a)
+            report = functools.partial(self._update_report, runners, positions, consumer)
+            commit = functools.partial(self._commit, consumer, out, tasks, positions, a, report)
+            settle = functools.partial(self._settle, out, report)
             while True:
                 if ends is not None:
                     if time.monotonic() - last_ends >= 0.2 and len(ends) < len(owned):
@@ -290,11 +308,13 @@ class Worker:
                             t.runner.finish()
                     if all(r.finished for r in runners):
                         commit()
-                        self._update_report(runners, positions, consumer)
+                        settle()
+                        report()
                         return True
                 if self._stop.is_set():
                     commit()
-                    self._update_report(runners, positions, consumer)
+                    settle()
+                    report()
                     return False
                 # Wait for records no longer than the poll timeout, nor past the commit due.
                 wait = min(poll_wait, last_commit + interval - time.monotonic())
@@ -309,19 +329,32 @@ class Worker:
                         r.check_idle(idle_timeout)
                     r.tick()  # processing-time timers
                 if time.monotonic() - last_commit >= interval:
-                    wrote = commit()
+                    commit()
                     last_commit = time.monotonic()
-                    if last_commit - last_report >= _REPORT_EVERY_S:
-                        self._update_report(runners, positions, consumer)
-                        last_report = last_commit
-                    elif wrote:  # the run's totals need every commit's counts (a light report)
-                        self._report_counts(runners)
+                elif isinstance(out, PipelinedOutput) and out.committing and out.done():
+                    settle()
         except BaseException:
             self._live = {}
+            self._unconfirmed = None
             out.abort()
             raise
         finally:
             consumer.close()
+
+    def _output(self, exactly_once: bool) -> Output:
+        """The attempt's producer(s): one at-least-once; in exactly-once mode one transactional
+        id per worker slot (so a newer instance fences this one), two producers taking turns
+        when commits overlap processing (see raystream._runtime.pipeline)."""
+        hooks = self.metrics.client_config()
+        pad = epochs_topic(self.app) if exactly_once else None
+
+        def make(txn_id: str | None) -> OutputSink:
+            return OutputSink(self.kafka, transactional_id=txn_id, pad_topic=pad, **hooks)
+
+        txn_id = f"{self.app}-{self.slot}"
+        if exactly_once and self.runtime.overlap_commits:
+            return PipelinedOutput(make, txn_id)
+        return make(txn_id if exactly_once else None)
 
     def _global_topics(self, a: Assignment) -> set[str]:
         subs = {t.subtopology for t in a.tasks}
@@ -335,7 +368,7 @@ class Worker:
         }
 
     def _build_tasks(
-        self, a: Assignment, out: OutputSink, store: CheckpointStore
+        self, a: Assignment, out: Output, store: CheckpointStore
     ) -> tuple[list[_Task], dict[tuple[str, int], list[TaskRunner]]]:
         """The assignment's tasks, and which of them each fetched partition feeds: a
         co-partitioned source partition feeds its task, a global table's partition every task
@@ -467,28 +500,87 @@ class Worker:
     def _commit(
         self,
         consumer: Consumer,
-        out: OutputSink,
+        out: Output,
         tasks: list[_Task],
         positions: dict[tuple[str, int], int],
         a: Assignment,
-    ) -> bool:
+        report: Callable[[], None],
+    ) -> None:
         """End the epoch of every task that did something: checkpoint its state, then commit
         outputs, input offsets and the tasks' (epoch, attempt) together (one Kafka transaction
-        in exactly-once mode; flush then commit in at-least-once mode). Returns whether any
-        task's epoch was committed; the caller reports the new counts to the coordinator."""
-        started = time.monotonic()
+        in exactly-once mode; flush then commit in at-least-once mode).
+
+        With overlapped commits the transaction is committed in the background: the previous
+        one is settled first, and this one is confirmed (recorded and reported) by the next
+        :meth:`_settle`. Otherwise it is confirmed here."""
         with self._waiting_on_kafka("committing an epoch"):
+            self._settle(out, report)
+            started = time.monotonic()
             written = self._commit_tasks(consumer, out, tasks, positions, a)
+        if not written:  # the loop is alive and nothing is owed: that counts as committed
+            if self._unconfirmed is None:
+                self._report.committed_at = time.time()
+            if time.monotonic() - self._last_report >= _REPORT_EVERY_S:
+                self._last_report = time.monotonic()
+                report()
+            return
+        runners = [t.runner for t in tasks]
+        epoch = _Epoch(
+            written,
+            (
+                sum(r.counters.records_in for r in runners),
+                sum(r.counters.records_out for r in runners),
+                sum(r.counters.dead_letters for r in runners),
+            ),
+            self.metrics.take_stamps(t.runner for t in written),
+            started,
+        )
+        if isinstance(out, PipelinedOutput):
+            self._unconfirmed = epoch
+        else:
+            self._confirm(epoch, tasks, report)
+
+    def _settle(self, out: Output, report: Callable[[], None]) -> None:
+        """Wait for the epoch committing in the background, if any, and confirm it; a failed
+        commit raises here (the attempt then restarts from the last confirmed epoch)."""
+        if self._unconfirmed is None or not isinstance(out, PipelinedOutput):
+            return
+        with self._waiting_on_kafka("committing an epoch"):
+            out.settle()
+        epoch, self._unconfirmed = self._unconfirmed, None
+        self._confirm(epoch, epoch.tasks, report)
+
+    def _confirm(self, epoch: _Epoch, tasks: list[_Task], report: Callable[[], None]) -> None:
+        """An epoch is committed: record it, collect old checkpoints, tell the coordinator the
+        counts it committed (a light report, or a full one every _REPORT_EVERY_S). The run's
+        totals come from these (see Coordinator.totals): a worker that dies after a commit must
+        not take the epoch out of them."""
+        now = time.monotonic()
+        self._counts = epoch.counts
         self._report.committed_at = time.time()
         self._report.epoch = max((t.runner.epoch for t in tasks), default=0)
-        if written:
-            self.metrics.committed([t.runner for t in written], time.monotonic() - started)
-        return bool(written)
+        self.metrics.committed(epoch.stamps, now - epoch.started)
+        for t in epoch.tasks:
+            if (
+                t.checkpointer.head is not None
+                and t.runner.epoch % _GC_EVERY == 0
+                and now - t.gc_at >= _GC_MIN_S
+            ):
+                t.gc_at = now
+                t.checkpointer.store.gc(
+                    str(t.runner.task), t.checkpointer.head.ref, self.runtime.checkpoint_retain
+                )
+        if now - self._last_report >= _REPORT_EVERY_S:
+            self._last_report = now
+            report()
+        else:
+            _set_counts(self._report, self._counts)
+            self._send_report(dataclasses.replace(self._report, metrics={}))
 
     def _commit_tasks(
         self,
         consumer: Consumer,
-        out: OutputSink,
+        out: Output,
         tasks: list[_Task],
         positions: dict[tuple[str, int], int],
         a: Assignment,
@@ -497,7 +589,9 @@ class Worker:
 
         Checkpoints are written before the outputs are flushed: librdkafka sends the epoch's
         records meanwhile, so the two waits overlap. A checkpoint of an epoch that then fails
-        to commit is never read (recovery loads the epoch Kafka committed)."""
+        to commit is never read (recovery loads the epoch Kafka committed). The tasks' epoch
+        numbers advance here, when the epoch ends (the next epoch's outputs name the next
+        number), even if the commit is confirmed later."""
         topic = epochs_topic(self.app)
         offsets: list[TopicPartition] = []
         written: list[_Task] = []
@@ -531,16 +625,6 @@ class Worker:
             t.runner.epoch += 1
             t.committed = {tp: positions[tp] for tp in t.partitions}
             t.produced = t.runner.counters.records_out + t.runner.counters.dead_letters
-            now_s = time.monotonic()
-            if (
-                t.checkpointer.head is not None
-                and t.runner.epoch % _GC_EVERY == 0
-                and now_s - t.gc_at >= _GC_MIN_S
-            ):
-                t.gc_at = now_s
-                t.checkpointer.store.gc(
-                    str(t.runner.task), t.checkpointer.head.ref, self.runtime.checkpoint_retain
-                )
         return written
 
     def _update_report(
@@ -550,7 +634,7 @@ class Worker:
         consumer: Consumer,
     ) -> None:
         r = self._report
-        _set_counts(r, tasks)
+        _set_counts(r, self._counts)
         r.done_tasks = [str(t.task) for t in tasks if t.finished]
         r.positions = {f"{t}[{p}]": off for (t, p), off in positions.items()}
         lag: dict[str, int] = {}
@@ -562,14 +646,6 @@ class Worker:
         r.metrics = self.metrics.observe(tasks, lag, r.state)
         r.broker_error = self.metrics.broker_error
         self._send_report()
-
-    def _report_counts(self, tasks: list[TaskRunner]) -> None:
-        """Right after a commit, tell the coordinator the counts it committed (a light report,
-        without metrics; full ones go at most every _REPORT_EVERY_S). The run's totals come
-        from these (see Coordinator.totals): a worker that dies after a commit must not take
-        the epoch out of them."""
-        _set_counts(self._report, tasks)
-        self._send_report(dataclasses.replace(self._report, metrics={}))
 
     def _send_report(self, report: WorkerReport | None = None) -> None:
         """Send ``report`` (default: the worker's own) with the next sequence number. The
@@ -587,11 +663,9 @@ class Worker:
                 log.debug("worker %d: coordinator unreachable", self.slot)
 
 
-def _set_counts(report: WorkerReport, tasks: list[TaskRunner]) -> None:
-    """The attempt's records in, out and dead-lettered, into ``report``."""
-    report.records_in = sum(t.counters.records_in for t in tasks)
-    report.records_out = sum(t.counters.records_out for t in tasks)
-    report.dead_letters = sum(t.counters.dead_letters for t in tasks)
+def _set_counts(report: WorkerReport, counts: tuple[int, int, int]) -> None:
+    """The attempt's records in, out and dead-lettered (as of its last confirmed epoch)."""
+    report.records_in, report.records_out, report.dead_letters = counts
 
 
 def _fetch(consumer: Consumer, max_records: int, timeout: float) -> list[Any]:

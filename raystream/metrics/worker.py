@@ -129,9 +129,10 @@ class WorkerMetrics:
         """The loop failed with a recoverable error and starts again after a backoff."""
         self.recorder.inc(m.WORKER_RETRIES, self._w())
 
-    def committed(self, runners: Iterable[TaskRunner], seconds: float) -> None:
-        """An epoch was committed (taking ``seconds``): records processed since the last commit
-        get their end-to-end latency."""
+    def committed(self, stamps: Mapping[TaskRunner, list[list[int]]], seconds: float) -> None:
+        """An epoch was committed (taking ``seconds``): its records (``stamps``: their Kafka
+        timestamps by task, as :func:`take_stamps` drained them when the epoch ended) get their
+        end-to-end latency."""
         now, wall_ms = self._clock(), self._wall() * 1000.0
         w = self._w()
         self.recorder.observe(m.COMMIT_SECONDS, w, seconds)
@@ -140,16 +141,24 @@ class WorkerMetrics:
         self._last_commit = now
         self.recorder.inc(m.EPOCHS_COMMITTED, w)
         self.recorder.set(m.LAST_COMMIT, w, wall_ms / 1000.0)
-        for r in runners:
-            stamps, r.counters.timestamps = r.counters.timestamps, []
-            if not stamps:
+        for r, batches in stamps.items():
+            if not batches:
                 continue
-            ts = np.fromiter(itertools.chain.from_iterable(stamps), dtype=np.float64)
+            ts = np.fromiter(itertools.chain.from_iterable(batches), dtype=np.float64)
             latency = np.maximum(wall_ms - ts, 0.0) / 1000.0
             self.recorder.observe(
                 m.END_TO_END_SECONDS, {"app": self.app, "task": str(r.task)}, latency
             )
         self.kafka_ok()
+
+    @staticmethod
+    def take_stamps(runners: Iterable[TaskRunner]) -> dict[TaskRunner, list[list[int]]]:
+        """The timestamps of the records the runners processed since the last call (drained):
+        an epoch's, taken when it ends, for :meth:`committed` once it is confirmed."""
+        out: dict[TaskRunner, list[list[int]]] = {}
+        for r in runners:
+            out[r], r.counters.timestamps = r.counters.timestamps, []
+        return out
 
     def observe(self, runners: list[TaskRunner], lag: Mapping[str, int], state: str) -> Snapshot:
         """Read the runners' counters and the lag into the metrics; returns the snapshot that
