@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "view_refresh_ms": args.view_refresh_ms,
         "checkpoint_compact_every": args.compact_every,
         "metrics_port": 0,  # scraped at the end: commit and epoch durations per worker
+        "overlap_commits": args.overlap_commits,
     }
     saga = rs.App(f"{prefix}orders", **settings)
     build(saga, topics, shipping_timeout_ms=spec.shipping_timeout_ms)
@@ -326,6 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "shipping_timeout_ms": spec.shipping_timeout_ms,
             "guarantee": "exactly_once",
             "services_guarantee": args.services_guarantee,
+            "overlap_commits": args.overlap_commits,
         },
         "orders": published.count,
         "produced_per_min": round(published.count / produced_s * 60, 1),
@@ -377,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         "--compact-every", type=int, default=50, help="epochs between full checkpoints"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--overlap-commits",
+        action="store_true",
+        help="commit epochs in the background (off, as in the jobs' LOW_LATENCY tuning)",
+    )
     parser.add_argument(
         "--services-guarantee",
         default="exactly_once",
