@@ -42,7 +42,6 @@ class PipelinedOutput:
     """
 
     transactional = True
-    pipelined = True
 
     def __init__(self, make: Callable[[str], OutputSink], transactional_id: str) -> None:
         self._sinks = (make(transactional_id), make(transactional_id + SECOND_ID_SUFFIX))
@@ -120,14 +119,11 @@ class PipelinedOutput:
         """Whether :meth:`settle` would return without waiting."""
         return self._pending is None or self._pending.done()
 
-    def settle(self, timeout: float | None = None) -> bool:
-        """Wait for the commit under way, if any; raise its failure. Returns whether there
-        was one (now confirmed)."""
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for the commit under way, if any; raise its failure."""
         pending, self._pending = self._pending, None
-        if pending is None:
-            return False
-        pending.result(timeout)
-        return True
+        if pending is not None:
+            pending.result(timeout)
 
     def abort(self, timeout: float = 10.0) -> None:
         """Abort both producers' open transactions (best effort, as OutputSink.abort)."""

@@ -92,6 +92,8 @@ class _Epoch:
     """An epoch whose commit was started: what to record and report once it is confirmed."""
 
     tasks: list[_Task]
+    #: The worker's epoch number (its tasks' highest) once this epoch is committed.
+    number: int
     #: The attempt's records in, out and dead-lettered as of the epoch's end.
     counts: tuple[int, int, int]
     #: Kafka timestamps of the epoch's records, by task (the end-to-end latency metric).
@@ -518,8 +520,7 @@ class Worker:
             started = time.monotonic()
             written = self._commit_tasks(consumer, out, tasks, positions, a)
         if not written:  # the loop is alive and nothing is owed: that counts as committed
-            if self._unconfirmed is None:
-                self._report.committed_at = time.time()
+            self._report.committed_at = time.time()
             if time.monotonic() - self._last_report >= _REPORT_EVERY_S:
                 self._last_report = time.monotonic()
                 report()
@@ -527,6 +528,7 @@ class Worker:
         runners = [t.runner for t in tasks]
         epoch = _Epoch(
             written,
+            max(r.epoch for r in runners),
             (
                 sum(r.counters.records_in for r in runners),
                 sum(r.counters.records_out for r in runners),
@@ -538,7 +540,7 @@ class Worker:
         if isinstance(out, PipelinedOutput):
             self._unconfirmed = epoch
         else:
-            self._confirm(epoch, tasks, report)
+            self._confirm(epoch, report)
 
     def _settle(self, out: Output, report: Callable[[], None]) -> None:
         """Wait for the epoch committing in the background, if any, and confirm it; a failed
@@ -548,9 +550,9 @@ class Worker:
         with self._waiting_on_kafka("committing an epoch"):
             out.settle()
         epoch, self._unconfirmed = self._unconfirmed, None
-        self._confirm(epoch, epoch.tasks, report)
+        self._confirm(epoch, report)
 
-    def _confirm(self, epoch: _Epoch, tasks: list[_Task], report: Callable[[], None]) -> None:
+    def _confirm(self, epoch: _Epoch, report: Callable[[], None]) -> None:
         """An epoch is committed: record it, collect old checkpoints, tell the coordinator the
         counts it committed (a light report, or a full one every _REPORT_EVERY_S). The run's
         totals come from these (see Coordinator.totals): a worker that dies after a commit must
@@ -558,7 +560,7 @@ class Worker:
         now = time.monotonic()
         self._counts = epoch.counts
         self._report.committed_at = time.time()
-        self._report.epoch = max((t.runner.epoch for t in tasks), default=0)
+        self._report.epoch = epoch.number
         self.metrics.committed(epoch.stamps, now - epoch.started)
         for t in epoch.tasks:
             if (
