@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka import KafkaException as _RdKafkaException
 
 from raystream._kafka import headers as hdr
-from raystream._kafka.admin import end_offsets
+from raystream._kafka.admin import end_offsets, wait_committed
 from raystream._kafka.clients import consumer as make_consumer
 from raystream._runtime.checkpointing import TaskCheckpointer
 from raystream._runtime.epochs import epochs_topic, marker_partitions
@@ -83,6 +83,8 @@ class _Task:
     #: Positions and output count as of its last committed epoch.
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
     produced: int = 0
+    #: Its epoch when the attempt started (restored from Kafka).
+    recovered_epoch: int = 0
     #: When its checkpoints were last garbage-collected (monotonic seconds).
     gc_at: float = 0.0
 
@@ -99,6 +101,8 @@ class _Epoch:
     #: Kafka timestamps of the epoch's records, by task (the end-to-end latency metric).
     stamps: dict[TaskRunner, list[list[int]]]
     started: float
+    #: Tasks at the end of their input when the epoch ended: done once it is confirmed.
+    finished: list[str]
 
 
 Output = OutputSink | PipelinedOutput
@@ -135,6 +139,8 @@ class Worker:
         self._seq_lock = threading.Lock()
         #: The epoch whose commit runs in the background (overlapped commits), if any.
         self._unconfirmed: _Epoch | None = None
+        #: Tasks of a bounded run whose every output is committed (reported as done_tasks).
+        self._done: set[str] = set()
         #: The attempt's counts as of its last confirmed epoch (what reports carry).
         self._counts = (0, 0, 0)
         self._last_report = 0.0
@@ -259,7 +265,7 @@ class Worker:
         self._live = {}
         self._report.attempt = a.attempt
         exactly_once = self.runtime.guarantee is Guarantee.EXACTLY_ONCE
-        self._unconfirmed, self._counts = None, (0, 0, 0)
+        self._unconfirmed, self._counts, self._done = None, (0, 0, 0), set()
         out = self._output(exactly_once)
         consumer = make_consumer(self.kafka, group_id=self.app, **self.metrics.client_config())
         try:
@@ -311,11 +317,13 @@ class Worker:
                     if all(r.finished for r in runners):
                         commit()
                         settle()
+                        self._await_committed(consumer, tasks, a)
                         report()
                         return True
                 if self._stop.is_set():
                     commit()
                     settle()
+                    self._await_committed(consumer, tasks, a)
                     report()
                     return False
                 # Wait for records no longer than the poll timeout, nor past the commit due.
@@ -430,7 +438,7 @@ class Worker:
             if epoch > 0 and t.checkpointer.stateful:
                 manifest = t.checkpointer.restore((epoch, attempt))
                 self._check_offsets(t, manifest.offsets, committed)
-            t.runner.epoch = max(epoch, 0)
+            t.runner.epoch = t.recovered_epoch = max(epoch, 0)
             for tp in t.partitions:
                 off = committed.get(tp, -1)
                 if tp[0] in tables and not (epoch > 0 and t.checkpointer.stateful):
@@ -519,7 +527,9 @@ class Worker:
             self._settle(out, report)
             started = time.monotonic()
             written = self._commit_tasks(consumer, out, tasks, positions, a)
+        finished = [str(t.runner.task) for t in tasks if t.runner.finished]
         if not written:  # the loop is alive and nothing is owed: that counts as committed
+            self._done.update(finished)
             self._report.committed_at = time.time()
             if time.monotonic() - self._last_report >= _REPORT_EVERY_S:
                 self._last_report = time.monotonic()
@@ -536,6 +546,7 @@ class Worker:
             ),
             self.metrics.take_stamps(t.runner for t in written),
             started,
+            finished,
         )
         if isinstance(out, PipelinedOutput):
             self._unconfirmed = epoch
@@ -559,6 +570,7 @@ class Worker:
         not take the epoch out of them."""
         now = time.monotonic()
         self._counts = epoch.counts
+        self._done.update(epoch.finished)
         self._report.committed_at = time.time()
         self._report.epoch = epoch.number
         self.metrics.committed(epoch.stamps, now - epoch.started)
@@ -629,6 +641,25 @@ class Worker:
             t.produced = t.runner.counters.records_out + t.runner.counters.dead_letters
         return written
 
+    def _await_committed(self, consumer: Consumer, tasks: list[_Task], a: Assignment) -> None:
+        """Wait until Kafka answers this attempt's last commit to a reader: every task's
+        offsets and epoch markers (see wait_committed). Whoever reads them once the attempt
+        has drained (the next attempt's recovery, the view server, ``wait_for_views``) must
+        see the whole last epoch: half of one would make recovery refuse the checkpoint, or
+        the views miss the final answer of a bounded run."""
+        topic = epochs_topic(self.app)
+        want: dict[tuple[str, int], int] = {}
+        for t in tasks:
+            if t.runner.epoch == 0:
+                continue  # never committed
+            e_part, a_part = marker_partitions(t.index)
+            want[(topic, e_part)] = t.runner.epoch
+            if t.runner.epoch > t.recovered_epoch:
+                want[(topic, a_part)] = a.generation
+            want.update({tp: o for tp, o in t.committed.items() if o > 0})
+        with self._waiting_on_kafka("reading back the last commit"):
+            wait_committed(consumer, want, what=f"worker {self.slot}'s last commit")
+
     def _update_report(
         self,
         tasks: list[TaskRunner],
@@ -637,7 +668,9 @@ class Worker:
     ) -> None:
         r = self._report
         _set_counts(r, self._counts)
-        r.done_tasks = [str(t.task) for t in tasks if t.finished]
+        # Only once committed: the coordinator then reads the ends of the topics they write
+        # (Coordinator.known_ends), which must hold their last records.
+        r.done_tasks = [str(t.task) for t in tasks if str(t.task) in self._done]
         r.positions = {f"{t}[{p}]": off for (t, p), off in positions.items()}
         lag: dict[str, int] = {}
         for (t, p), off in positions.items():
