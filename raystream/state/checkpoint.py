@@ -269,37 +269,69 @@ class CheckpointStore:
     def gc(self, task: str, head: EpochRef, keep: int) -> list[EpochRef]:
         """Keep the last ``keep`` epochs of ``head``'s history (and the bases they need);
         delete every other epoch older than ``head`` (aborted attempts included). Returns the
-        deleted epochs."""
-        history = self.lineage(task, head)[: max(keep, 1)]
-        needed = {m.ref for m in history}
-        for m in history:
-            needed.update(x.ref for x in self._chain(task, m.ref))
-        deleted: list[EpochRef] = []
-        for m in self.manifests(task):
-            if m.ref in needed or m.ref >= head:
-                continue
-            # The manifest goes first: from then on no reader considers the epoch.
-            self.fs.delete_file(f"{self.root}/{task}/{epoch_name(m.ref)}{_MANIFEST}")
-            self.fs.delete_dir(f"{self.root}/{task}/{epoch_name(m.ref)}")
-            deleted.append(m.ref)
-        self._delete_unpublished(task, head, needed)
-        return deleted
+        deleted epochs.
 
-    def _delete_unpublished(self, task: str, head: EpochRef, needed: set[EpochRef]) -> None:
-        """Remove directories of epochs older than ``head`` whose manifest never came."""
+        Reads only the manifests it keeps: the kept epochs' chains are one walk back from
+        ``head`` to the full base of the oldest kept epoch (each chain is a suffix of it), and
+        the other epochs are known by their file names."""
+        needed = {m.ref for m in self._kept(task, head, max(keep, 1))}
+        published: set[EpochRef] = set()
+        dirs: dict[EpochRef, str] = {}
         sel = pafs.FileSelector(f"{self.root}/{task}", allow_not_found=True)
         for info in self.fs.get_file_info(sel):
-            if info.type != pafs.FileType.Directory:
+            name = info.base_name
+            if info.type == pafs.FileType.File and name.endswith(_MANIFEST):
+                ref = _parse_epoch_name(name[: -len(_MANIFEST)])
+                if ref is not None:
+                    published.add(ref)
+            elif info.type == pafs.FileType.Directory:
+                ref = _parse_epoch_name(name)
+                if ref is not None:
+                    dirs[ref] = info.path
+        deleted: list[EpochRef] = []
+        for ref in sorted(published):
+            if ref in needed or ref >= head:
                 continue
+            # The manifest goes first: from then on no reader considers the epoch.
+            self.fs.delete_file(f"{self.root}/{task}/{epoch_name(ref)}{_MANIFEST}")
+            if ref in dirs:
+                self.fs.delete_dir(dirs[ref])
+            deleted.append(ref)
+        for ref, path in dirs.items():  # epochs whose manifest never came
+            if ref < head and ref not in needed and ref not in published:
+                self.fs.delete_dir(path)
+        return deleted
+
+    def _kept(self, task: str, head: EpochRef, keep: int) -> list[EpochManifest]:
+        """``head``'s last ``keep`` stored epochs and every epoch their chains read, newest
+        first."""
+        out: list[EpochManifest] = []
+        m = self.manifest(task, head)
+        while True:
+            out.append(m)
+            if m.full and len(out) >= keep:
+                return out
+            if m.parent is None:
+                if m.full:
+                    return out
+                raise CheckpointError(f"task {task} epoch {m.epoch}: a delta without a parent")
             try:
-                epoch, attempt = (int(x) for x in info.base_name.split("-", 1))
-            except ValueError:
-                continue
-            ref = (epoch, attempt)
-            if ref < head and ref not in needed:
-                published = f"{info.path}{_MANIFEST}"
-                if self.fs.get_file_info(published).type == pafs.FileType.NotFound:
-                    self.fs.delete_dir(info.path)
+                m = self.manifest(task, m.parent)
+            except CheckpointError as exc:
+                if m.full:  # older history was collected already
+                    return out
+                raise CheckpointError(
+                    f"task {task} epoch {head[0]}: its full base {m.base[0]} is gone ({exc})"
+                ) from exc
+
+
+def _parse_epoch_name(stem: str) -> EpochRef | None:
+    """The epoch a file or directory name stands for (None for other names)."""
+    try:
+        epoch, attempt = (int(x) for x in stem.split("-", 1))
+    except ValueError:
+        return None
+    return (epoch, attempt)
 
 
 def rows_table(keys: list[Any], deleted: list[bool], columns: Mapping[str, list[Any]]) -> pa.Table:

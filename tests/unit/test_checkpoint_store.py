@@ -90,6 +90,43 @@ def test_gc_keeps_what_the_latest_epochs_need_and_drops_aborted_ones(tmp_path: P
     )
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_gc_keeps_exactly_the_chains_of_the_kept_epochs(tmp_path: Path, seed: int) -> None:
+    """Random histories (fulls every few epochs, aborted attempts, earlier collections): what
+    survives a gc is the chains of the head's last ``keep`` epochs, each still loading as
+    before."""
+    import random
+
+    rnd = random.Random(seed)
+    store = CheckpointStore(str(tmp_path), "app")
+    parent, attempt, head = None, 1, (0, 1)
+    for epoch in range(1, rnd.randint(8, 40)):
+        full = parent is None or rnd.random() < 0.2
+        ref = (epoch, attempt)
+        m = store.write_epoch("0_0", ref, {"in[0]": epoch}, {"counts": rows({f"k{epoch}": epoch})},
+                              parent=parent, full=full)  # fmt: skip
+        if rnd.random() < 0.15:  # aborted: the next attempt redoes the epoch on the same parent
+            attempt += 1
+            ref = (epoch, attempt)
+            m = store.write_epoch("0_0", ref, {"in[0]": epoch}, {"counts": rows({f"r{epoch}": 1})},
+                                  parent=parent, full=full)  # fmt: skip
+        parent, head = m, ref
+        if rnd.random() < 0.1:
+            store.gc("0_0", head, rnd.randint(1, 6))
+    keep = rnd.randint(1, 8)
+    history = store.lineage("0_0", head)[:keep]
+    want = {x.ref for m in history for x in store.chain("0_0", m.ref)}
+    loads = {m.ref: content(store, "0_0", m.ref) for m in history}
+    before = {m.ref for m in store.manifests("0_0")}
+    deleted = store.gc("0_0", head, keep)
+    assert {m.ref for m in store.manifests("0_0")} == want
+    assert set(deleted) == before - want and deleted == sorted(deleted)
+    assert {ref: content(store, "0_0", ref) for ref in loads} == loads
+    assert sorted(p.name for p in (tmp_path / "app" / "0_0").iterdir() if p.is_dir()) == sorted(
+        f"{r[0]:012d}-{r[1]}" for r in want
+    )
+
+
 def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:
     store = CheckpointStore(str(tmp_path), "app")
     with pytest.raises(CheckpointError, match="needs its parent"):
