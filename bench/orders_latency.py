@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint_compact_every": args.compact_every,
         "metrics_port": 0,  # scraped at the end: commit and epoch durations per worker
         "overlap_commits": args.overlap_commits,
+        "commit_when_caught_up": args.commit_when_caught_up,
     }
     saga = rs.App(f"{prefix}orders", **settings)
     build(saga, topics, shipping_timeout_ms=spec.shipping_timeout_ms)
@@ -328,6 +329,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "guarantee": "exactly_once",
             "services_guarantee": args.services_guarantee,
             "overlap_commits": args.overlap_commits,
+            "commit_when_caught_up": args.commit_when_caught_up,
         },
         "orders": published.count,
         "produced_per_min": round(published.count / produced_s * 60, 1),
@@ -383,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         "--overlap-commits",
         action="store_true",
         help="commit epochs in the background (off, as in the jobs' LOW_LATENCY tuning)",
+    )
+    parser.add_argument(
+        "--commit-when-caught-up",
+        action="store_true",
+        help="also end an epoch as soon as a worker has caught up (RuntimeConfig)",
     )
     parser.add_argument(
         "--services-guarantee",

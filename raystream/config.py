@@ -48,6 +48,11 @@ class RuntimeConfig:
     #: is processed (two transactional producers per worker taking turns). False: the loop
     #: waits for every commit, with one producer.
     overlap_commits: bool = True
+    #: Also end an epoch as soon as the worker has caught up (no record is ready right after
+    #: it processed some), not only every ``commit_interval_ms``: at light load each record's
+    #: output is committed, so readable, one epoch sooner; at full load a record is always
+    #: ready and epochs end on the interval alone. Costs a commit per burst of input.
+    commit_when_caught_up: bool = False
     #: Where state checkpoints go: ``file:///path``, a path, or ``s3://bucket/prefix`` (S3
     #: options as URI query, e.g. ``?endpoint_override=...``). None: ``<RAYSTREAM_HOME or
     #: ~/.raystream>/checkpoints`` on the machine of each worker (one-machine setups only).

@@ -300,6 +300,7 @@ class Worker:
             interval = self.runtime.commit_interval_ms / 1000.0
             poll_wait = self.runtime.poll_timeout_ms / 1000.0
             idle_timeout = self.runtime.idle_timeout_ms
+            eager, owed = self.runtime.commit_when_caught_up, False
             report = functools.partial(self._update_report, runners, positions, consumer)
             commit = functools.partial(self._commit, consumer, out, tasks, positions, a, report)
             settle = functools.partial(self._settle, out, report)
@@ -326,21 +327,23 @@ class Worker:
                     self._await_committed(consumer, tasks, a)
                     report()
                     return False
-                # Wait for records no longer than the poll timeout, nor past the commit due.
+                # Wait for records no longer than the poll timeout, nor past the commit due;
+                # not at all when an epoch ends as soon as none are ready.
                 wait = min(poll_wait, last_commit + interval - time.monotonic())
-                msgs = _fetch(consumer, self.runtime.max_batch_records, wait)
+                msgs = _fetch(consumer, self.runtime.max_batch_records, 0 if owed else wait)
                 if msgs:
                     _dispatch(msgs, routes, positions, global_positions)
                     out.poll()
+                    owed = eager
                 elif ends is not None:
                     _skip_control_records(consumer, positions)
                 for r in runners:
                     if idle_timeout is not None:
                         r.check_idle(idle_timeout)
                     r.tick()  # processing-time timers
-                if time.monotonic() - last_commit >= interval:
+                if time.monotonic() - last_commit >= interval or (owed and not msgs):
                     commit()
-                    last_commit = time.monotonic()
+                    last_commit, owed = time.monotonic(), False
                 elif isinstance(out, PipelinedOutput) and out.committing and out.done():
                     settle()
         except BaseException:

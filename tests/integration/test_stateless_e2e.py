@@ -234,3 +234,42 @@ def test_graceful_stop_commits_and_a_restart_resumes_without_duplicates(
     assert second.state == "finished" and second.records_in == 10_000
     values = sorted(m.json()["v"] for m in read_all(broker.bootstrap, out))
     assert values == list(range(40_000))
+
+
+def test_commit_when_caught_up_ends_epochs_without_waiting_out_the_interval(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    from raystream._kafka.admin import committed_offsets
+
+    src, out = f"{unique}.in", f"{unique}.out"
+    create_topic(broker.bootstrap, src, 2)
+    app = rs.App(
+        unique,
+        brokers=broker.bootstrap,
+        commit_interval_ms=120_000,  # longer than the test waits
+        stall_timeout_ms=1_200_000,
+        commit_when_caught_up=True,
+    )
+    app.stream(src).map(lambda r: {**r, "seen": True}).to(out)
+    cfg = rs.KafkaConfig(broker.bootstrap)
+
+    def committed() -> int:
+        got = committed_offsets(cfg, unique, [(src, 0), (src, 1)])
+        return sum(v or 0 for v in got.values())
+
+    running = app.start(workers=1)
+    try:
+        sent = 0
+        for burst in (100, 50):
+            produce_json(
+                broker.bootstrap, src, ((f"k{i}", {"i": i}) for i in range(sent, sent + burst))
+            )
+            sent += burst
+            deadline = time.monotonic() + 60
+            while committed() < sent and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert committed() == sent, running.status()["workers"]
+    finally:
+        result = running.stop()
+    assert result.records_in == 150 and result.records_out == 150
+    assert sorted(m.json()["i"] for m in read_all(broker.bootstrap, out)) == list(range(150))
