@@ -20,9 +20,8 @@ transactional ids are fenced at every start).
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from raystream._kafka.headers import Headers
@@ -47,6 +46,8 @@ class PipelinedOutput:
         self._sinks = (make(transactional_id), make(transactional_id + SECOND_ID_SUFFIX))
         self._active = 0
         self._pending: Future[None] | None = None
+        # One thread for the attempt's commits (they never overlap one another).
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="raystream-epoch-commit")
 
     @property
     def active(self) -> OutputSink:
@@ -97,18 +98,7 @@ class PipelinedOutput:
             raise AssertionError("commit_epoch while the previous commit is unsettled")
         sink = self.active
         self._active ^= 1
-        pending: Future[None] = Future()
-
-        def run() -> None:
-            try:
-                sink.commit_epoch(offsets, group_metadata, timeout)
-            except BaseException as exc:  # handed to settle(), in the loop's thread
-                pending.set_exception(exc)
-            else:
-                pending.set_result(None)
-
-        self._pending = pending
-        threading.Thread(target=run, name="raystream-epoch-commit", daemon=True).start()
+        self._pending = self._committer.submit(sink.commit_epoch, offsets, group_metadata, timeout)
 
     @property
     def committing(self) -> bool:
@@ -133,3 +123,8 @@ class PipelinedOutput:
                 pending.result(timeout)
         for s in self._sinks:
             s.abort(timeout)
+        self.close()
+
+    def close(self) -> None:
+        """End the commit thread (once the attempt is over)."""
+        self._committer.shutdown(wait=False)

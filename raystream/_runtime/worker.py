@@ -353,6 +353,8 @@ class Worker:
             raise
         finally:
             consumer.close()
+            if isinstance(out, PipelinedOutput):
+                out.close()
 
     def _output(self, exactly_once: bool) -> Output:
         """The attempt's producer(s): one at-least-once; in exactly-once mode one transactional
