@@ -19,7 +19,9 @@ therefore get (:func:`ray_client_env`). Ray's two fixed metrics ports (``DASHBOA
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -158,15 +160,42 @@ def head_processes(info: RayHeadInfo) -> list[int]:
     return sorted(found)
 
 
+class _StartClash(DevStackError):
+    """A starting head lost a port to another process (worth a new try on other ports)."""
+
+
+#: What a Ray process logs when a port it was given is taken.
+_PORT_CLASH = re.compile(
+    r"Failed to start the grpc server|Failed to bind to port|because it's already occupied"
+)
+
+#: Tries at starting a head before giving up (each on new ports).
+_START_ATTEMPTS = 3
+
+
+def _http_get(url: str, timeout: float) -> tuple[int, str] | None:
+    """Status and body of ``url``; None when nothing answers; :class:`_StartClash` when a
+    non-HTTP server (a gRPC port of some other process, say) answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except http.client.BadStatusLine as exc:
+        if isinstance(exc, http.client.RemoteDisconnected):
+            return None  # a server that closed the connection: starting up or going away
+        raise _StartClash(f"{url} answered with something that is not HTTP") from exc
+    except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException):
+        return None
+
+
 def http_ok(url: str, timeout: float = 2.0, expect: str | None = None) -> bool:
     """True when ``url`` answers HTTP 200 (and its body contains ``expect`` when given)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            if resp.status != 200:
-                return False
-            return expect is None or expect in resp.read().decode("utf-8", "replace")
-    except (OSError, urllib.error.URLError, ValueError):
+        answer = _http_get(url, timeout)
+    except _StartClash:
         return False
+    return answer is not None and answer[0] == 200 and (expect is None or expect in answer[1])
 
 
 def head_healthy(info: RayHeadInfo, timeout: float = 2.0) -> bool:
@@ -175,11 +204,37 @@ def head_healthy(info: RayHeadInfo, timeout: float = 2.0) -> bool:
     Uses the health endpoints KubeRay probes: the dashboard's ``/api/gcs_healthz`` (asks the GCS)
     and the dashboard agent's ``/api/local_raylet_healthz``.
     """
-    return (
-        same_process(info.launcher_pid, info.launcher_start_ticks)
-        and http_ok(f"{info.dashboard_url}/api/gcs_healthz", timeout, "success")
-        and http_ok(f"{info.agent_url}/api/local_raylet_healthz", timeout, "success")
-    )
+    try:
+        return _healthy_or_clash(info, timeout)
+    except _StartClash:
+        return False
+
+
+def _healthy_or_clash(info: RayHeadInfo, timeout: float) -> bool:
+    """:func:`head_healthy` for a starting head, raising :class:`_StartClash` on a port clash."""
+    if not same_process(info.launcher_pid, info.launcher_start_ticks):
+        return False
+    urls = (f"{info.dashboard_url}/api/gcs_healthz", f"{info.agent_url}/api/local_raylet_healthz")
+    for url in urls:
+        answer = _http_get(url, timeout)
+        if answer is None or answer[0] != 200 or "success" not in answer[1]:
+            return False
+    return True
+
+
+def _port_clash(temp_dir: Path, launcher_log: Path) -> str | None:
+    """The first line where a process of a starting head says a port it was given is taken."""
+    logs = [launcher_log, *(temp_dir / "session_latest" / "logs").glob("*.[eol][ruo][rtg]")]
+    for path in logs:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if found := _PORT_CLASH.search(text):
+            start = text.rfind("\n", 0, found.start()) + 1
+            end = text.find("\n", found.end())
+            return f"{path.name}: {text[start : end if end >= 0 else None][:400]}"
+    return None
 
 
 def _log_tail(path: Path | None, lines: int = 15) -> str:
@@ -325,15 +380,32 @@ class LocalRayHead:
         return self.info
 
     def start(self, timeout: float = 60.0) -> LocalRayHead:
-        """Start the head and wait until the GCS, the raylet and the dashboard answer."""
+        """Start the head and wait until the GCS, the raylet and the dashboard answer.
+
+        Ports are chosen free, then released for Ray to bind, so another process can take one
+        in between. A head that loses a port that way (its launcher exits, or the port answers
+        with something that is not HTTP) is stopped and started again on new ports.
+        """
         if self.info is not None:
             return self
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                last = attempt == _START_ATTEMPTS
+                return self._start_once(max(deadline - time.monotonic(), 5.0), keep_logs=last)
+            except _StartClash:
+                if attempt == _START_ATTEMPTS or time.monotonic() >= deadline:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float, *, keep_logs: bool) -> LocalRayHead:
         for _ in range(5):  # never reuse a dir left by an earlier head (kept logs)
-            ports = free_ports(9)
+            ports = free_ports(11)
             temp_dir = default_temp_dir(ports[0])
             if not temp_dir.exists():
                 break
-        gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, dash_m, scaler_m = ports
+        gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, dash_m, scaler_m = ports[:9]
+        node_manager, object_manager = ports[9:]
         temp_dir.mkdir(parents=True)
         log_path = self.log_path or temp_dir / "launcher.log"
         token = uuid.uuid4().hex
@@ -351,6 +423,8 @@ class LocalRayHead:
             "--dashboard-agent-grpc-port", str(agent_grpc),
             "--runtime-env-agent-port", str(env_agent),
             "--metrics-export-port", str(metrics),
+            "--node-manager-port", str(node_manager),
+            "--object-manager-port", str(object_manager),
             "--temp-dir", str(temp_dir),
             "--disable-usage-stats",
             "--log-style", "record",
@@ -387,9 +461,12 @@ class LocalRayHead:
             self.info = self._wait_ready(
                 temp_dir, token, start_ticks, dash, agent_http, log_path, timeout
             )
-        except BaseException:
+        except BaseException as exc:
+            # A launcher still starting its node ignores SIGTERM: give it little time. Keep the
+            # logs of a head that failed for good; a lost port is retried and says nothing.
             pending = RayHeadInfo("", "", self._proc.pid, start_ticks, str(temp_dir), token, "")
-            stop_ray_head(pending, keep_temp_dir=True, proc=self._proc)
+            retried = isinstance(exc, _StartClash) and not keep_logs
+            stop_ray_head(pending, timeout=3.0, keep_temp_dir=not retried, proc=self._proc)
             self._proc = None
             raise
         return self
@@ -407,8 +484,14 @@ class LocalRayHead:
         assert self._proc is not None
         address_file = temp_dir / "ray_current_cluster"
         deadline = time.monotonic() + timeout
+        next_log_scan = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            exited = self._proc.poll() is not None
+            if exited or time.monotonic() >= next_log_scan:
+                next_log_scan = time.monotonic() + 1.0
+                if clash := _port_clash(temp_dir, log_path):
+                    raise _StartClash(f"a port of the Ray head was taken: {clash}")
+            if exited:
                 raise DevStackError(
                     f"`ray start` exited with code {self._proc.returncode}; its log "
                     f"{log_path} ends with:{_log_tail(log_path)}"
@@ -424,7 +507,7 @@ class LocalRayHead:
                     token=token,
                     agent_url=f"http://{node_ip}:{agent_port}",
                 )
-                if head_healthy(info, timeout=1.0):
+                if _healthy_or_clash(info, timeout=1.0):
                     return info
             time.sleep(0.1)
         raise DevStackError(

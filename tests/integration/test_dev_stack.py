@@ -12,8 +12,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -288,6 +290,71 @@ def test_a_head_that_cannot_start_reports_why_and_leaves_nothing_running() -> No
         assert left == []
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def alien_server() -> Iterator[int]:
+    """A loopback port held by a server that answers everything with bytes that are not HTTP."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                with contextlib.suppress(OSError):
+                    conn.recv(1024)
+                    conn.sendall(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00\xff\xfe not http\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+@pytest.mark.parametrize("index, part", [(0, "GCS"), (3, "dashboard agent")])
+def test_a_head_whose_port_is_taken_starts_again_on_new_ports(
+    monkeypatch: pytest.MonkeyPatch, alien_server: int, index: int, part: str
+) -> None:
+    """Ports are chosen free and released for Ray to bind: another process can take one first."""
+    from raystream.dev import ray_head
+
+    chosen: list[list[int]] = []
+    real_free_ports = ray_head.free_ports
+
+    def first_choice_taken(count: int, host: str = "127.0.0.1") -> list[int]:
+        ports = real_free_ports(count, host)
+        if not chosen:
+            ports[index] = alien_server  # the port of the `part` is taken by another process
+        chosen.append(ports)
+        return ports
+
+    monkeypatch.setattr(ray_head, "free_ports", first_choice_taken)
+    head = ray_head.LocalRayHead(num_cpus=1).start(timeout=90)
+    try:
+        assert len(chosen) == 2, f"the head should have started again after losing its {part} port"
+        assert head.info is not None and ray_head.head_healthy(head.info)
+        assert str(alien_server) not in (head.address + head.info.agent_url)
+        first_dir = ray_head.default_temp_dir(chosen[0][0])
+        assert not first_dir.exists(), "the first try's temp dir should be gone"
+        assert not [
+            pid
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if str(first_dir).encode() in _cmdline(pid) and pid_alive(pid)
+        ]
+    finally:
+        head.stop()
 
 
 def _cmdline(pid: int) -> bytes:
