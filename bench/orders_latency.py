@@ -32,6 +32,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from raystream.generate.orders import OrdersSpec, expected_outcome, fate
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -120,12 +122,28 @@ def trace_orders(bootstrap: str, prefix: str, ids: list[str]) -> list[dict[str, 
                             "topic": m.topic(),
                             "partition": m.partition(),
                             "offset": m.offset(),
+                            "timestamp": m.timestamp()[1],
                             "value": v.decode(errors="replace")[:200],
                         }
                     )
     finally:
         c.close()
     return found
+
+
+def injected_wait(oid: str, spec: OrdersSpec) -> int:
+    """The wait the simulated shipping service injects into ``oid`` on purpose, ms."""
+    f = fate(oid, spec)
+    if f.payment != "ok" or f.stock != "ok":
+        return 0
+    return spec.shipping_timeout_ms if f.shipping == "timeout" else f.shipping_delay_ms
+
+
+def right_outcome(oid: str, spec: OrdersSpec, arrivals: Arrivals) -> bool:
+    """Whether ``oid``'s terminal event is the one its fate implies."""
+    _, kind, reason = arrivals.seen[oid]
+    want = expected_outcome(oid, spec)
+    return (kind.removeprefix("Order"), reason) == (want.state, want.reason)
 
 
 def epoch_timings(url: str | None) -> dict[str, dict[str, float]]:
@@ -180,7 +198,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from raystream._kafka.admin import Topics
     from raystream.config import KafkaConfig
     from raystream.dev.broker import EmbeddedBroker
-    from raystream.generate.orders import OrdersSpec, expected_outcome, fate
     from raystream.generate.publish import publish_orders
 
     broker = None if args.bootstrap else EmbeddedBroker().start()
@@ -203,13 +220,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "commit_interval_ms": args.commit_interval_ms,
         "poll_timeout_ms": args.poll_timeout_ms,
         "consumer_config": {"fetch.wait.max.ms": args.fetch_wait_ms},
+        "producer_config": {"linger.ms": args.linger_ms},
         "view_refresh_ms": args.view_refresh_ms,
         "checkpoint_compact_every": args.compact_every,
         "metrics_port": 0,  # scraped at the end: commit and epoch durations per worker
         "overlap_commits": args.overlap_commits,
         "commit_when_caught_up": args.commit_when_caught_up,
     }
-    saga = rs.App(f"{prefix}orders", **settings)
+    saga = rs.App(f"{prefix}orders", **{**settings, "guarantee": args.guarantee})
     build(saga, topics, shipping_timeout_ms=spec.shipping_timeout_ms)
     ensure_topics(saga.kafka_config(), topics)
     services = rs.App(f"{prefix}services", **{**settings, "guarantee": args.services_guarantee})
@@ -249,6 +267,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         drained_s = time.monotonic() - started
         absent = [f"o{i:09d}" for i in range(published.count) if f"o{i:09d}" not in arrivals.seen]
         trace = trace_orders(bootstrap, prefix, absent[:5])
+        # The slowest orders (system time: the injected wait taken off) and any wrong ones,
+        # record by record with their timestamps: where a tail or a timeout came from.
+        odd = sorted(arrivals.seen, key=lambda o: -(arrivals.seen[o][0] - injected_wait(o, spec)))
+        odd = odd[:3] + [o for o in arrivals.seen if not right_outcome(o, spec, arrivals)][:3]
+        odd_trace = trace_orders(bootstrap, prefix, odd)
         timings = {
             "saga": epoch_timings(running.status().get("metrics_url")),
             "services": epoch_timings(helpers.status().get("metrics_url")),
@@ -263,22 +286,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             broker.stop()
 
     wrong, missing = [], []
-    overall, minus_wait, no_wait, ship_ok = [], [], [], []
+    overall: list[float] = []
+    minus_wait: list[float] = []
+    no_wait: list[float] = []
+    ship_ok: list[float] = []
     for i in range(published.count):
         oid = f"o{i:09d}"
         got = arrivals.seen.get(oid)
         if got is None:
             missing.append(oid)
             continue
-        latency, kind, reason = got
-        want = expected_outcome(oid, spec)
-        if (kind.removeprefix("Order"), reason) != (want.state, want.reason):
+        latency = got[0]
+        if not right_outcome(oid, spec, arrivals):
             wrong.append(oid)
         f = fate(oid, spec)
-        reached_shipping = f.payment == "ok" and f.stock == "ok"
-        waited = 0
-        if reached_shipping:
-            waited = spec.shipping_timeout_ms if f.shipping == "timeout" else f.shipping_delay_ms
+        waited = injected_wait(oid, spec)
+        if f.payment == "ok" and f.stock == "ok":
             if f.shipping == "ok":
                 ship_ok.append(latency)
         else:
@@ -323,10 +346,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "commit_interval_ms": args.commit_interval_ms,
             "poll_timeout_ms": args.poll_timeout_ms,
             "fetch_wait_max_ms": args.fetch_wait_ms,
+            "linger_ms": args.linger_ms,
             "view_refresh_ms": args.view_refresh_ms,
             "checkpoint_compact_every": args.compact_every,
             "shipping_timeout_ms": spec.shipping_timeout_ms,
-            "guarantee": "exactly_once",
+            "guarantee": args.guarantee,
             "services_guarantee": args.services_guarantee,
             "overlap_commits": args.overlap_commits,
             "commit_when_caught_up": args.commit_when_caught_up,
@@ -340,6 +364,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "missing": len(missing),
         "missing_ids": missing[:20],
         "missing_trace": trace,
+        "odd_ids": odd,
+        "odd_trace": odd_trace,
         "wrong_ids": wrong[:20],
         "latency": {
             "all": percentiles(overall),
@@ -373,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit-interval-ms", type=int, default=50, help="epoch length")
     parser.add_argument("--poll-timeout-ms", type=int, default=10, help="worker poll wait")
     parser.add_argument("--fetch-wait-ms", type=int, default=25, help="fetch.wait.max.ms")
+    parser.add_argument("--linger-ms", type=int, default=5, help="the apps' producer linger.ms")
     parser.add_argument("--shipping-timeout-ms", type=int, default=5_000)
     parser.add_argument(
         "--view-refresh-ms", type=int, default=5_000, help="how often the orders view refreshes"
@@ -392,10 +419,16 @@ def main(argv: list[str] | None = None) -> int:
         help="also end an epoch as soon as a worker has caught up (RuntimeConfig)",
     )
     parser.add_argument(
+        "--guarantee",
+        default="exactly_once",
+        choices=["exactly_once", "at_least_once"],
+        help="the saga app's guarantee",
+    )
+    parser.add_argument(
         "--services-guarantee",
         default="exactly_once",
         choices=["exactly_once", "at_least_once"],
-        help="the simulated services' guarantee (the saga is always exactly-once)",
+        help="the simulated services' guarantee",
     )
     parser.add_argument("--bootstrap", default=None, help="a fresh broker (default: embedded)")
     parser.add_argument("--ray-address", default="local", help="'local' starts a new Ray")
