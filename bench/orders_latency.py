@@ -290,6 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     minus_wait: list[float] = []
     no_wait: list[float] = []
     ship_ok: list[float] = []
+    by_time: dict[int, list[float]] = {}  # minus injected wait, by 10 s of the run
     for i in range(published.count):
         oid = f"o{i:09d}"
         got = arrivals.seen.get(oid)
@@ -308,6 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             no_wait.append(latency)
         overall.append(latency)
         minus_wait.append(latency - waited)
+        by_time.setdefault(int(i / (args.rate / 60.0) // 10) * 10, []).append(latency - waited)
     # Where the time goes, for orders that completed: each step is one hop from the saga to a
     # service and back (two epochs, two topics), except the first (inbox -> saga).
     names = ("inbox_to_saga", "payment", "inventory", "shipping_minus_delay", "log_to_reader")
@@ -373,6 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "shipping_ok": percentiles(ship_ok),
             "minus_injected_wait": percentiles(minus_wait),
         },
+        "minus_injected_wait_by_10s": {f"{t}s": percentiles(v) for t, v in by_time.items()},
         "epochs": timings,
         "apps": {
             "saga": {
@@ -450,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {name:<20} n={p['n']:>6,}  p50 {p['p50_ms']:>7.0f} ms  "
                 f"p99 {p['p99_ms']:>7.0f} ms  max {p['max_ms']:>7.0f} ms"
             )
+    print("  minus injected wait, by when the order was created:")
+    for name, p in result["minus_injected_wait_by_10s"].items():
+        print(f"    from {name:<6} p50 {p['p50_ms']:>6.0f} ms  p99 {p['p99_ms']:>6.0f} ms")
     print("  where the time goes (completed orders):")
     for name, p in result["breakdown_completed"].items():
         if p.get("n"):
