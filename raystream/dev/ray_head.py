@@ -222,12 +222,18 @@ def _healthy_or_clash(info: RayHeadInfo, timeout: float) -> bool:
     return True
 
 
-def _port_clash(temp_dir: Path, launcher_log: Path) -> str | None:
-    """The first line where a process of a starting head says a port it was given is taken."""
-    logs = [launcher_log, *(temp_dir / "session_latest" / "logs").glob("*.[eol][ruo][rtg]")]
-    for path in logs:
+def _port_clash(temp_dir: Path, launcher_log: Path, log_from: int) -> str | None:
+    """The first line where a process of a starting head says a port it was given is taken.
+
+    The launcher's log may be shared with earlier heads (``raystream dev up`` appends to one
+    file): only what this head wrote, from byte ``log_from`` on, counts."""
+    logs = [(launcher_log, log_from)]
+    logs += [(p, 0) for p in (temp_dir / "session_latest" / "logs").glob("*.[eol][ruo][rtg]")]
+    for path, start_at in logs:
         try:
-            text = path.read_text(errors="replace")
+            with open(path, "rb") as fh:
+                fh.seek(start_at)
+                text = fh.read().decode(errors="replace")
         except OSError:
             continue
         if found := _PORT_CLASH.search(text):
@@ -448,6 +454,7 @@ class LocalRayHead:
             }
         )
         with open(log_path, "ab") as out:
+            log_from = out.tell()
             self._proc = subprocess.Popen(
                 cmd,
                 stdout=out,
@@ -459,7 +466,7 @@ class LocalRayHead:
         start_ticks = process_start_ticks(self._proc.pid) or 0
         try:
             self.info = self._wait_ready(
-                temp_dir, token, start_ticks, dash, agent_http, log_path, timeout
+                temp_dir, token, start_ticks, dash, agent_http, (log_path, log_from), timeout
             )
         except BaseException as exc:
             # A launcher still starting its node ignores SIGTERM: give it little time. Keep the
@@ -478,10 +485,11 @@ class LocalRayHead:
         start_ticks: int,
         dash_port: int,
         agent_port: int,
-        log_path: Path,
+        log: tuple[Path, int],
         timeout: float,
     ) -> RayHeadInfo:
         assert self._proc is not None
+        log_path, log_from = log
         address_file = temp_dir / "ray_current_cluster"
         deadline = time.monotonic() + timeout
         next_log_scan = time.monotonic() + 1.0
@@ -489,7 +497,7 @@ class LocalRayHead:
             exited = self._proc.poll() is not None
             if exited or time.monotonic() >= next_log_scan:
                 next_log_scan = time.monotonic() + 1.0
-                if clash := _port_clash(temp_dir, log_path):
+                if clash := _port_clash(temp_dir, log_path, log_from):
                     raise _StartClash(f"a port of the Ray head was taken: {clash}")
             if exited:
                 raise DevStackError(

@@ -325,10 +325,16 @@ def alien_server() -> Iterator[int]:
 
 @pytest.mark.parametrize("index, part", [(0, "GCS"), (3, "dashboard agent")])
 def test_a_head_whose_port_is_taken_starts_again_on_new_ports(
-    monkeypatch: pytest.MonkeyPatch, alien_server: int, index: int, part: str
+    monkeypatch: pytest.MonkeyPatch, alien_server: int, index: int, part: str, tmp_path: Path
 ) -> None:
-    """Ports are chosen free and released for Ray to bind: another process can take one first."""
+    """Ports are chosen free and released for Ray to bind: another process can take one first.
+
+    The launcher's log is shared, as `raystream dev up` shares one across heads, and already
+    holds an earlier head's port clash: only what this head writes may count."""
     from raystream.dev import ray_head
+
+    log = tmp_path / "ray-head.log"
+    log.write_text("... (gcs_server) Failed to start the grpc server. The specified port is 1\n")
 
     chosen: list[list[int]] = []
     real_free_ports = ray_head.free_ports
@@ -341,7 +347,7 @@ def test_a_head_whose_port_is_taken_starts_again_on_new_ports(
         return ports
 
     monkeypatch.setattr(ray_head, "free_ports", first_choice_taken)
-    head = ray_head.LocalRayHead(num_cpus=1).start(timeout=90)
+    head = ray_head.LocalRayHead(num_cpus=1, log_path=log).start(timeout=90)
     try:
         assert len(chosen) == 2, f"the head should have started again after losing its {part} port"
         assert head.info is not None and ray_head.head_healthy(head.info)
