@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -81,6 +82,13 @@ def job(broker: EmbeddedBroker, ray_local: None, unique: str, tmp_path: Path):  
 def test_views_answer_consistently_under_load_and_exactly_at_the_end(job) -> None:  # type: ignore[no-untyped-def]
     app, src = job
     running = app.start(workers=2, bounded=True)
+    try:  # a failed check must not leave the app serving views to the tests after it
+        _check_views_under_load(app, src, running)
+    finally:
+        running.stop()
+
+
+def _check_views_under_load(app: rs.App, src: str, running: Any) -> None:
     answers: list[tuple[int, int]] = []
     failures: list[str] = []
     done = threading.Event()
@@ -116,7 +124,9 @@ def test_views_answer_consistently_under_load_and_exactly_at_the_end(job) -> Non
             offsets = app.sql(
                 f"SELECT partition, \"offset\" FROM raystream_offsets WHERE topic = '{src}'"
             ).to_pylist()
-            if offsets:
+            # Time travel needs every task of the stream to have committed by the mark (the
+            # workers' first commits can be a second apart on a loaded machine).
+            if len(offsets) == PARTITIONS:
                 marks.append((time.time(), {r["partition"]: r["offset"] for r in offsets}))
         assert running.wait(timeout=300) == "finished"
         time.sleep(0.5)  # one more refresh after the last commit
@@ -148,7 +158,6 @@ def test_views_answer_consistently_under_load_and_exactly_at_the_end(job) -> Non
 
     info = {v["name"]: v for v in app.views()}
     assert info["totals"]["rows"] == len(final) and info["totals"]["tasks_committed"] == 4
-    running.stop()
 
 
 def test_sql_is_read_only_sandboxed_and_served_over_http(job) -> None:  # type: ignore[no-untyped-def]
