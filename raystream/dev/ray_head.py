@@ -192,9 +192,13 @@ def _http_get(url: str, timeout: float) -> tuple[int, str] | None:
 def http_ok(url: str, timeout: float = 2.0, expect: str | None = None) -> bool:
     """True when ``url`` answers HTTP 200 (and its body contains ``expect`` when given)."""
     try:
-        answer = _http_get(url, timeout)
+        return _answered(_http_get(url, timeout), expect)
     except _StartClash:
         return False
+
+
+def _answered(answer: tuple[int, str] | None, expect: str | None) -> bool:
+    """Whether ``answer`` (of :func:`_http_get`) is a 200 whose body holds ``expect``."""
     return answer is not None and answer[0] == 200 and (expect is None or expect in answer[1])
 
 
@@ -215,11 +219,7 @@ def _healthy_or_clash(info: RayHeadInfo, timeout: float) -> bool:
     if not same_process(info.launcher_pid, info.launcher_start_ticks):
         return False
     urls = (f"{info.dashboard_url}/api/gcs_healthz", f"{info.agent_url}/api/local_raylet_healthz")
-    for url in urls:
-        answer = _http_get(url, timeout)
-        if answer is None or answer[0] != 200 or "success" not in answer[1]:
-            return False
-    return True
+    return all(_answered(_http_get(url, timeout), "success") for url in urls)
 
 
 def _port_clash(temp_dir: Path, launcher_log: Path, log_from: int) -> str | None:
@@ -389,9 +389,9 @@ class LocalRayHead:
         """Start the head and wait until the GCS, the raylet and the dashboard answer.
 
         Ports are chosen free, then released for Ray to bind, so another process can take one
-        in between. A head that loses a port that way (its launcher exits, or the port answers
-        with something that is not HTTP) is stopped and started again on new ports.
-        """
+        in between. A head that loses a port that way (a Ray process logs that its port is
+        taken, or the port answers with something that is not HTTP) is stopped and started
+        again on new ports."""
         if self.info is not None:
             return self
         deadline = time.monotonic() + timeout
