@@ -18,6 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -311,17 +312,43 @@ def _encode_json_columns(data: pa.RecordBatch) -> list[bytes] | None:
         return None  # to_pylist keeps one of the duplicates: let the row path decide
     if not names:
         return [b"{}"] * n
+    # One join of every column's text between the literals around it. A string column that
+    # json writes as is (no nulls, nothing to escape) goes in itself, its quotes in the literals.
     parts: list[pa.Array | pa.Scalar] = []
+    literal = ""
     for j, name in enumerate(names):
-        text = _json_texts(data.column(j))
+        literal += ("{" if j == 0 else ",") + json.encoder.encode_basestring_ascii(name) + ":"
+        col = data.column(j)
+        if _verbatim_strings(col):
+            parts += [pa.scalar(literal + '"'), col]
+            literal = '"'
+            continue
+        text = _json_texts(col)
         if text is None:
             return None
-        sep = "{" if j == 0 else ","
-        parts += [pa.scalar(sep + json.encoder.encode_basestring_ascii(name) + ":"), text]
-    parts += [pa.scalar("}"), pa.scalar("")]  # the last argument is the separator
+        parts += [pa.scalar(literal), text]
+        literal = ""
+    parts += [pa.scalar(literal + "}"), pa.scalar("")]  # the last argument is the separator
     rows = pc.binary_join_element_wise(*parts)
     out: list[bytes] = rows.cast(pa.binary()).to_pylist()
     return out
+
+
+#: Every byte json (``ensure_ascii``) writes as itself inside a string.
+_UNESCAPED = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+
+
+def _verbatim_strings(col: pa.Array) -> bool:
+    """Whether ``col`` is a string column without nulls whose values json writes unescaped."""
+    if not pa.types.is_string(col.type) or col.null_count:
+        return False
+    _, offsets, chars = col.buffers()
+    if chars is None or len(col) == 0:
+        return True
+    ends = np.frombuffer(offsets, np.int32, len(col) + 1, 4 * col.offset)
+    first, last = int(ends[0]), int(ends[-1])
+    # Deleting every byte that needs no escape leaves nothing: one pass in C, no per-value work.
+    return not memoryview(chars)[first:last].tobytes().translate(None, _UNESCAPED)
 
 
 def _json_texts(col: pa.Array) -> pa.Array | None:
@@ -330,21 +357,12 @@ def _json_texts(col: pa.Array) -> pa.Array | None:
     if pa.types.is_null(t):
         return pa.nulls(len(col), pa.string()).fill_null(_NULL)
     if pa.types.is_integer(t):
-        return pc.cast(col, pa.string()).fill_null(_NULL)
+        ints = pc.cast(col, pa.string())
+        return ints.fill_null(_NULL) if col.null_count else ints
     if pa.types.is_boolean(t):
         return pc.if_else(col, "true", "false").fill_null(_NULL)
     if pa.types.is_float64(t) or pa.types.is_float32(t):
-        if col.null_count < len(col) and not pc.all(pc.is_finite(col)).as_py():
-            return None  # NaN and infinities: json's own spelling, on the row path
-        if pa.types.is_float64(t) and len(col) >= _ARROW_FLOATS and _plain_decimal_range(col):
-            # Arrow writes the shortest round-trip digits, as repr does; in this range neither
-            # uses an exponent, and only integral values differ ("3" against "3.0").
-            text = pc.cast(col, pa.string())
-            dotted = pc.match_substring(text, ".")
-            text = pc.if_else(dotted, text, pc.binary_join_element_wise(text, ".0", ""))
-            return text.fill_null(_NULL)
-        rep = float.__repr__
-        return pa.array(["null" if v is None else rep(v) for v in col.to_pylist()], pa.string())
+        return _float_texts(col)
     if pa.types.is_string(t):
         if pc.any(pc.match_substring_regex(col, _NEEDS_ESCAPE)).as_py():
             esc = json.encoder.encode_basestring_ascii
@@ -353,20 +371,40 @@ def _json_texts(col: pa.Array) -> pa.Array | None:
     return None
 
 
-def _plain_decimal_range(col: pa.Array) -> bool:
-    """Whether every value of float64 ``col`` is null, zero or of magnitude in [1e-4, 1e10):
-    where ``repr`` and Arrow's cast to string both write plain decimals (measured: they agree
-    there, digit for digit; outside it they put exponents in different places)."""
-    mag = pc.abs(col)
-    bounds = pc.min_max(mag).as_py()
-    if bounds["max"] is None:
+def _float_texts(col: pa.Array) -> pa.Array | None:
+    """``repr`` of every float (``null`` for nulls); None when one is NaN or infinite."""
+    x = col.to_numpy(zero_copy_only=False)
+    if col.null_count:
+        x = x[np.asarray(col.is_valid().to_numpy(zero_copy_only=False), bool)]
+    if not np.isfinite(x).all():
+        return None  # NaN and infinities: json's own spelling, on the row path
+    if pa.types.is_float64(col.type) and len(col) >= _ARROW_FLOATS and _plain_decimal_range(x):
+        # Arrow writes the shortest round-trip digits, as repr does; in this range neither
+        # uses an exponent, and only integral values differ ("3" against "3.0").
+        text = pc.cast(col, pa.string())
+        every = col.to_numpy(zero_copy_only=False)  # NaN at nulls
+        whole = np.asarray(every == np.trunc(every))
+        if whole.any():  # "3.0", where Arrow writes "3"; few, so repr is the cheaper pen
+            reps = [float.__repr__(v) for v in every[whole].tolist()]
+            text = pc.replace_with_mask(text, pa.array(whole), pa.array(reps, pa.string()))
+        return text.fill_null(_NULL) if col.null_count else text
+    rep = float.__repr__
+    return pa.array(["null" if v is None else rep(v) for v in col.to_pylist()], pa.string())
+
+
+def _plain_decimal_range(x: np.ndarray) -> bool:
+    """Whether every value of the float64 values ``x`` (nulls left out) is zero or of magnitude in
+    [1e-4, 1e10): where ``repr`` and Arrow's cast to string both write plain decimals
+    (measured: they agree there, digit for digit; outside it they put exponents in different
+    places)."""
+    if not len(x):
         return True  # all null
-    if bounds["max"] >= 1e10:
+    mag = np.abs(x)
+    if mag.max() >= 1e10:
         return False
-    if bounds["min"] >= 1e-4:
+    if mag.min() >= 1e-4:
         return True
-    ok = pc.or_(pc.equal(mag, 0.0), pc.greater_equal(mag, 1e-4))  # zeros are fine too
-    return bool(pc.all(ok).as_py())
+    return bool(((mag == 0.0) | (mag >= 1e-4)).all())  # zeros are fine too
 
 
 def _single_column(data: pa.RecordBatch, column: str) -> pa.Array:

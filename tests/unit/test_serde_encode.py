@@ -7,6 +7,7 @@ import math
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,11 +115,10 @@ def test_long_float_columns_written_by_arrow_match_repr(
 
 def test_arrow_writes_long_float_columns_only_in_the_plain_decimal_range() -> None:
     n = serde._ARROW_FLOATS
-    plain = pa.array([1.5, 3.0, 0.0, -0.0, 1e-4, None] * n, pa.float64())
-    assert serde._plain_decimal_range(plain)
+    assert serde._plain_decimal_range(np.array([1.5, 3.0, 0.0, -0.0, 1e-4] * n))
     for outside in (1e10, 9.9e-5, -2e15, 5e-324):
-        col = pa.array([1.5] * n + [outside], pa.float64())
-        assert not serde._plain_decimal_range(col)
+        assert not serde._plain_decimal_range(np.array([1.5] * n + [outside]))
+        col = pa.array([1.5, None] * n + [outside], pa.float64())
         data = pa.RecordBatch.from_pydict({"x": col})
         assert _encode_json_columns(data) == _rowwise(data)
-    assert serde._plain_decimal_range(pa.nulls(n, pa.float64()))
+    assert serde._plain_decimal_range(np.array([], np.float64))  # a column of nulls
