@@ -24,7 +24,8 @@ in :mod:`raystream.operators.joins_base`. Here:
   record is not joined.
 
 Lookups are vectorised: the batch's keys are dictionary-encoded, each distinct key is looked up
-once, its row built once, and the rows are spread over the records with an Arrow ``take``.
+once, and the rows are spread over the records with an Arrow ``take`` from the table's rows as
+Arrow, which are built once per table entry (:mod:`~raystream.operators.joins_rows`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from raystream.operators.joins_base import (
     value_columns,
     with_tombstones,
 )
+from raystream.operators.joins_rows import RowCache
 from raystream.state.base import KeyedStore
 from raystream.state.memory import MemoryStore
 
@@ -91,6 +93,7 @@ class TableState:
         self.store = MemoryStore()
         self.key_type: pa.DataType | None = None
         self.dropped_null_keys = 0
+        self._rows = RowCache()
 
     def apply(self, batch: Batch) -> list[Change]:
         """Apply a changelog batch in order; the changes it made (no-op tombstones left out)."""
@@ -128,14 +131,29 @@ class TableState:
         if n == 0 or keys.type == pa.null() or keys.null_count == n:
             return np.zeros(n, bool), self.schema.rows_batch([None] * n)
         enc = pc.dictionary_encode(keys)
-        get = self.store.get
-        entries = [get(u) for u in enc.dictionary.to_pylist()]
-        found = np.fromiter((e is not None for e in entries), bool, len(entries))
+        schema = self.schema.schema
+        if not schema.names:  # no value columns: nothing to cache
+            found = np.fromiter(
+                (k in self.store for k in enc.dictionary.to_pylist()), bool, len(enc.dictionary)
+            )
+            slots = np.where(found, 0, -1)
+        else:
+            distinct = enc.dictionary.to_pylist()
+            slots = self._rows.slots(
+                distinct,
+                self.store.get_many(distinct),
+                _entry_row,
+                self.schema.rows_batch,
+                schema,
+                len(self.store),
+            )
         valid = np.asarray(enc.indices.is_valid().to_numpy(zero_copy_only=False), bool)
         codes = pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-        matched = found[codes] & valid
-        rows = self.schema.rows_batch([e[0] if e is not None else None for e in entries])
-        return matched, rows.take(pa.array(codes, pa.int64(), mask=~matched))
+        at = slots[codes] if len(slots) else np.zeros(n, np.int64)
+        matched = (at >= 0) & valid
+        if not schema.names:
+            return matched, self.schema.rows_batch([None] * n)
+        return matched, self._rows.take(pa.array(at, pa.int64(), mask=~matched))
 
     def to_arrow(self, key_name: str = "key") -> pa.Table:
         """The current table: a ``key_name`` column and the value columns, in insertion order."""
@@ -166,6 +184,10 @@ class TableState:
             self.schema.schema = learned
         self.key_type = None if key is None else key.field(0).type
         self.store.load(items)
+
+
+def _entry_row(entry: Entry) -> Row:
+    return entry[0]
 
 
 # -- materialiser ------------------------------------------------------------------------------

@@ -56,6 +56,10 @@ class KeyedStore(ABC):
     def approx_bytes(self) -> int:
         """An estimate of the memory the state takes, for the state-size metric."""
 
+    def get_many(self, keys: Iterable[Hashable]) -> list[Any]:
+        """The value of every key in ``keys`` (None where absent), in order."""
+        return [self.get(k) for k in keys]
+
     def keys(self) -> Iterator[Hashable]:
         """Every key, in insertion order."""
         for key, _ in self.items():

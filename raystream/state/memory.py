@@ -32,6 +32,9 @@ class MemoryStore(KeyedStore):
     def get(self, key: Hashable, default: Any = None) -> Any:
         return self._data.get(key, default)
 
+    def get_many(self, keys: Iterable[Hashable]) -> list[Any]:
+        return list(map(self._data.get, keys))
+
     def put(self, key: Hashable, value: Any) -> None:
         self._data[key] = value
         self._dirty.add(key)
