@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from bench.cpu import CpuSampler
 from bench.registry import BENCHMARKS, Benchmark, Measurement, Result, RunContext, Verification
@@ -153,8 +155,10 @@ def run_one(
         guarantee=bench.guarantee,
         params=dict(params or {}),
     )
+    topics = Topics(KafkaConfig(brokers=bootstrap))
+    before = set(topics.partitions())
     if bench.kind != "raw":
-        Topics(KafkaConfig(brokers=bootstrap)).ensure({ctx.output_topic: workload.partitions})
+        topics.ensure({ctx.output_topic: workload.partitions})
     load = os.getloadavg()[0]
     try:
         with CpuSampler(ctx.params.get("broker_pid")) as cpu:
@@ -170,6 +174,8 @@ def run_one(
         m = Measurement(0, 0, 0.0, 0.0)
         v = Verification(False, 0, 0, details=[str(exc)])
         error = str(exc)
+    finally:
+        drop_topics(bootstrap, set(topics.partitions()) - before)
     return Result(
         name=bench.name,
         system=bench.system,
@@ -187,6 +193,19 @@ def run_one(
         repeat=repeat,
         error=error,
     )
+
+
+def drop_topics(bootstrap: str, names: set[str]) -> None:
+    """Delete a finished run's topics (its output, the app's own): the embedded broker's cost
+    per request grows with what it holds, so each run should find it as the first one did."""
+    if not names:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for name, fut in admin.delete_topics(sorted(names), operation_timeout=30).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            print(f"    could not delete topic {name}: {exc}", flush=True)
 
 
 def run_on_fresh_broker(
@@ -534,8 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         workload, exp, prep = prepare(bootstrap, spec)
         print(f"prepared in {prep['prepare_s']:.1f}s", flush=True)
         results: list[Result] = []
-        for bench in chosen:
-            for r in range(args.repeat):
+        # Round robin: with repeats, every benchmark meets the broker and the machine in
+        # every state the run goes through, not one benchmark the early ones.
+        for r in range(args.repeat):
+            for bench in chosen:
                 if bench.kind == "w3" and broker is not None:
                     res = run_on_fresh_broker(bench, spec, r, params)
                 else:
