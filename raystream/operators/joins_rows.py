@@ -8,7 +8,8 @@ the store still holds *the same entry object* for it: the table writes a new tup
 and a restored store holds new ones, so no write path has to tell the cache anything.
 
 Rows of replaced or deleted entries stay behind as garbage; the cache starts afresh when they would
-outnumber the live ones, and whenever the table's schema has changed.
+outnumber the live ones, and whenever the table's schema has changed. The price is memory: the
+rows of the entries looked up, as Arrow, beside their dicts (at most twice the table's size).
 """
 
 from __future__ import annotations
