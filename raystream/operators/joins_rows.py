@@ -45,15 +45,14 @@ class RowCache:
         self,
         keys: Sequence[Hashable],
         entries: Sequence[Any],
-        row_of: Callable[[Any], Any],
         build: Callable[[list[Any]], pa.RecordBatch],
         schema: pa.Schema,
         live: int,
     ) -> np.ndarray:
         """The row number of every distinct key's current entry (-1 where its entry is None).
 
-        ``build`` turns row values (``row_of(entry)``) into a batch of ``schema``; it is called
-        once, for the entries not cached yet. ``live`` is the table's size, to bound garbage.
+        ``build`` turns entries into a batch of ``schema``, one row each; it is called once,
+        for the entries not cached yet. ``live`` is the table's size, to bound garbage.
         """
         if schema != self._schema or self._rows > 2 * live + _SLACK_ROWS:
             self._reset(schema)
@@ -69,7 +68,7 @@ class RowCache:
                 if at == -2:
                     out[i] = self._rows + len(fresh)
                     slots[keys[i]] = (out[i], entries[i])
-                    fresh.append(row_of(entries[i]))
+                    fresh.append(entries[i])
             self._append(build(fresh))
         return np.asarray(out, np.int64)
 

@@ -131,25 +131,21 @@ class TableState:
         if n == 0 or keys.type == pa.null() or keys.null_count == n:
             return np.zeros(n, bool), self.schema.rows_batch([None] * n)
         enc = pc.dictionary_encode(keys)
+        distinct = enc.dictionary.to_pylist()
         schema = self.schema.schema
-        if not schema.names:  # no value columns: nothing to cache
-            found = np.fromiter(
-                (k in self.store for k in enc.dictionary.to_pylist()), bool, len(enc.dictionary)
-            )
-            slots = np.where(found, 0, -1)
-        else:
-            distinct = enc.dictionary.to_pylist()
+        if schema.names:
             slots = self._rows.slots(
                 distinct,
                 self.store.get_many(distinct),
-                _entry_row,
-                self.schema.rows_batch,
+                lambda entries: self.schema.rows_batch([e[0] for e in entries]),
                 schema,
                 len(self.store),
             )
+        else:  # no value columns: only whether each key is there
+            slots = np.array([0 if k in self.store else -1 for k in distinct], np.int64)
         valid = np.asarray(enc.indices.is_valid().to_numpy(zero_copy_only=False), bool)
         codes = pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-        at = slots[codes] if len(slots) else np.zeros(n, np.int64)
+        at = slots[codes]
         matched = (at >= 0) & valid
         if not schema.names:
             return matched, self.schema.rows_batch([None] * n)
@@ -184,10 +180,6 @@ class TableState:
             self.schema.schema = learned
         self.key_type = None if key is None else key.field(0).type
         self.store.load(items)
-
-
-def _entry_row(entry: Entry) -> Row:
-    return entry[0]
 
 
 # -- materialiser ------------------------------------------------------------------------------
