@@ -373,17 +373,17 @@ def _json_texts(col: pa.Array) -> pa.Array | None:
 
 def _float_texts(col: pa.Array) -> pa.Array | None:
     """``repr`` of every float (``null`` for nulls); None when one is NaN or infinite."""
-    x = col.to_numpy(zero_copy_only=False)
+    every = col.to_numpy(zero_copy_only=False)  # NaN at nulls
+    x = every
     if col.null_count:
-        x = x[np.asarray(col.is_valid().to_numpy(zero_copy_only=False), bool)]
+        x = every[np.asarray(col.is_valid().to_numpy(zero_copy_only=False), bool)]
     if not np.isfinite(x).all():
         return None  # NaN and infinities: json's own spelling, on the row path
     if pa.types.is_float64(col.type) and len(col) >= _ARROW_FLOATS and _plain_decimal_range(x):
         # Arrow writes the shortest round-trip digits, as repr does; in this range neither
         # uses an exponent, and only integral values differ ("3" against "3.0").
         text = pc.cast(col, pa.string())
-        every = col.to_numpy(zero_copy_only=False)  # NaN at nulls
-        whole = np.asarray(every == np.trunc(every))
+        whole = np.asarray(every == np.trunc(every))  # False at nulls
         if whole.any():  # "3.0", where Arrow writes "3"; few, so repr is the cheaper pen
             reps = [float.__repr__(v) for v in every[whole].tolist()]
             text = pc.replace_with_mask(text, pa.array(whole), pa.array(reps, pa.string()))
