@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -12,8 +11,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from raystream._kafka.clients import admin_conf, consumer
 from raystream.config import KafkaConfig
 from raystream.errors import KafkaError, TopicNotFoundError
-
-log = logging.getLogger("raystream.kafka")
 
 
 class Topics:
@@ -123,12 +120,7 @@ def committed_offsets(
 
 
 def wait_committed(
-    c: Consumer,
-    want: Mapping[tuple[str, int], int],
-    timeout: float = 30.0,
-    what: str = "",
-    recommit: Callable[[], None] | None = None,
-    recommit_after: float = 3.0,
+    c: Consumer, want: Mapping[tuple[str, int], int], timeout: float = 30.0, what: str = ""
 ) -> None:
     """Block until the group of consumer ``c`` reads a committed offset of at least ``want``
     for every partition; raises KafkaError naming the ones behind after ``timeout`` seconds.
@@ -137,19 +129,11 @@ def wait_committed(
     returns, one partition at a time: Apache Kafka writes the commit markers after answering,
     and the embedded broker was measured lagging up to ~20 ms when several producers commit to
     one group at once (BROKER.md). Reading one's own commit back is the only way to know that
-    a reader now sees all of it.
-
-    The embedded broker was also seen losing a committed transaction's offsets altogether
-    (twice in ~40 benchmark runs, each time a worker's last commit of a bounded run). With
-    ``recommit``, a commit still unreadable after ``recommit_after`` seconds is written again
-    (the same offsets, which the caller has already committed once: writing them again changes
-    nothing where the first write landed)."""
+    a reader now sees all of it."""
     tps = [TopicPartition(t, p) for t, p in want]
     if not tps:
         return
-    started = time.monotonic()
-    deadline = started + timeout
-    last_write = started
+    deadline = time.monotonic() + timeout
     while True:
         try:
             got = c.committed(tps, timeout=timeout)
@@ -162,19 +146,9 @@ def wait_committed(
         ]
         if not behind:
             return
-        now = time.monotonic()
-        if now > deadline:
+        if time.monotonic() > deadline:
             raise KafkaError(
                 f"{what or 'a commit'} is not readable after {timeout:.0f}s "
                 f"({', '.join(behind[:3])}); is the broker healthy?"
             )
-        if recommit is not None and now - last_write >= recommit_after:
-            log.warning(
-                "%s is not readable after %.0fs (%s): committing the same offsets again",
-                what or "a commit",
-                now - started,
-                ", ".join(behind[:3]),
-            )
-            recommit()
-            last_write = time.monotonic()
         time.sleep(0.005)

@@ -318,13 +318,13 @@ class Worker:
                     if all(r.finished for r in runners):
                         commit()
                         settle()
-                        self._await_committed(consumer, out, tasks, a)
+                        self._await_committed(consumer, tasks, a)
                         report()
                         return True
                 if self._stop.is_set():
                     commit()
                     settle()
-                    self._await_committed(consumer, out, tasks, a)
+                    self._await_committed(consumer, tasks, a)
                     report()
                     return False
                 # Wait for records no longer than the poll timeout, nor past the commit due;
@@ -646,15 +646,12 @@ class Worker:
             t.produced = t.runner.counters.records_out + t.runner.counters.dead_letters
         return written
 
-    def _await_committed(
-        self, consumer: Consumer, out: Output, tasks: list[_Task], a: Assignment
-    ) -> None:
+    def _await_committed(self, consumer: Consumer, tasks: list[_Task], a: Assignment) -> None:
         """Wait until Kafka answers this attempt's last commit to a reader: every task's
         offsets and epoch markers (see wait_committed). Whoever reads them once the attempt
         has drained (the next attempt's recovery, the view server, ``wait_for_views``) must
         see the whole last epoch: half of one would make recovery refuse the checkpoint, or
-        the views miss the final answer of a bounded run. A commit that stays unreadable is
-        written again (the embedded broker was seen losing one)."""
+        the views miss the final answer of a bounded run."""
         topic = epochs_topic(self.app)
         want: dict[tuple[str, int], int] = {}
         for t in tasks:
@@ -666,12 +663,7 @@ class Worker:
                 want[(topic, a_part)] = a.generation
             want.update({tp: o for tp, o in t.committed.items() if o > 0})
         with self._waiting_on_kafka("reading back the last commit"):
-            wait_committed(
-                consumer,
-                want,
-                what=f"worker {self.slot}'s last commit",
-                recommit=functools.partial(commit_again, consumer, out, want),
-            )
+            wait_committed(consumer, want, what=f"worker {self.slot}'s last commit")
 
     def _update_report(
         self,
@@ -709,21 +701,6 @@ class Worker:
                 self.coordinator.worker_report.remote(report)
             except Exception:  # the coordinator is gone: the app is stopping
                 log.debug("worker %d: coordinator unreachable", self.slot)
-
-
-def commit_again(consumer: Consumer, out: Output, offsets: dict[tuple[str, int], int]) -> None:
-    """Commit ``offsets`` (already committed once) again: in a transaction of their own in
-    exactly-once mode (padded, as an epoch without records is), directly otherwise."""
-    tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-    if not out.transactional:
-        try:
-            consumer.commit(offsets=tps, asynchronous=False)
-        except _RdKafkaException as exc:
-            raise RaystreamError(f"offset commit failed: {exc}") from exc
-        return
-    out.commit_epoch(tps, consumer.consumer_group_metadata())
-    if isinstance(out, PipelinedOutput):
-        out.settle()
 
 
 def _set_counts(report: WorkerReport, counts: tuple[int, int, int]) -> None:

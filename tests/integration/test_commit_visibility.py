@@ -8,16 +8,11 @@ reads the offsets next (recovery, the views, ``wait_for_views``) sees the whole 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from raystream._kafka.admin import wait_committed
-from raystream._runtime.output import OutputSink
-from raystream._runtime.pipeline import PipelinedOutput
-from raystream._runtime.worker import commit_again
-from raystream.config import KafkaConfig
 from raystream.dev.broker import EmbeddedBroker
 from raystream.errors import KafkaError
 
@@ -101,59 +96,3 @@ def test_concurrent_transactions_are_read_back_whole(broker: EmbeddedBroker, uni
         t.join(120)
     assert not errors, errors
     assert not missed, missed
-
-
-def test_a_commit_that_stays_unreadable_is_written_again(
-    broker: EmbeddedBroker, unique: str
-) -> None:
-    bs, topic, group = broker.bootstrap, f"{unique}.in", f"{unique}-g"
-    create_topic(bs, topic, 1)
-    c = _consumer(bs, group)
-    try:
-        c.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
-        c.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)  # "lost": older
-        calls: list[float] = []
-
-        def again() -> None:
-            calls.append(time.monotonic())
-            c.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
-
-        started = time.monotonic()
-        wait_committed(c, {(topic, 0): 7}, timeout=10, recommit=again, recommit_after=0.3)
-        assert len(calls) == 1 and calls[0] - started >= 0.3
-        assert c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 7
-    finally:
-        c.close()
-
-
-def test_commit_again_rewrites_a_transactional_epoch(broker: EmbeddedBroker, unique: str) -> None:
-    """The worker's way to write its last commit again, with overlapped commits: a
-    transaction of the other producer, padded, carrying the same offsets."""
-    bs, src, out_topic, pad = broker.bootstrap, f"{unique}.in", f"{unique}.out", f"{unique}.ep"
-    group = f"{unique}-g"
-    for t in (src, out_topic, pad):
-        create_topic(bs, t, 2)
-    cfg = KafkaConfig(brokers=bs)
-    out = PipelinedOutput(lambda tid: OutputSink(cfg, tid, pad_topic=pad), f"{unique}-w0")
-    c = _consumer(bs, group)
-    try:
-        out.start_transactions(30)
-        out.send_batch(out_topic, [b"x"], [b"k"], [0], None)
-        out.flush()
-        want = {(src, 0): 40, (src, 1): 12, (pad, 1): 3}
-        out.commit_epoch(
-            [TopicPartition(t, p, o) for (t, p), o in want.items()], c.consumer_group_metadata()
-        )
-        out.settle()
-        wait_committed(c, want, timeout=20)
-        c.commit(offsets=[TopicPartition(src, 0, 1)], asynchronous=False)  # "lost"
-        with pytest.raises(KafkaError, match=rf"{src}\[0\] at 1, not 40"):
-            wait_committed(c, want, timeout=0.5)
-        wait_committed(
-            c, want, timeout=20, recommit=lambda: commit_again(c, out, want), recommit_after=0.2
-        )
-        got = c.committed([TopicPartition(t, p) for t, p in want], timeout=10)
-        assert {(tp.topic, tp.partition): tp.offset for tp in got} == want
-    finally:
-        out.abort()
-        c.close()
