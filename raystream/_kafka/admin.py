@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -11,6 +12,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from raystream._kafka.clients import admin_conf, consumer
 from raystream.config import KafkaConfig
 from raystream.errors import KafkaError, TopicNotFoundError
+
+log = logging.getLogger("raystream.kafka")
 
 
 class Topics:
@@ -120,20 +123,30 @@ def committed_offsets(
 
 
 def wait_committed(
-    c: Consumer, want: Mapping[tuple[str, int], int], timeout: float = 30.0, what: str = ""
+    c: Consumer,
+    want: Mapping[tuple[str, int], int],
+    timeout: float = 30.0,
+    what: str = "",
+    nudge: Callable[[], None] | None = None,
+    nudge_after: float = 1.0,
 ) -> None:
     """Block until the group of consumer ``c`` reads a committed offset of at least ``want``
     for every partition; raises KafkaError naming the ones behind after ``timeout`` seconds.
 
     A transaction's offsets can become readable a little after ``commit_transaction``
-    returns, one partition at a time: Apache Kafka writes the commit markers after answering,
-    and the embedded broker was measured lagging up to ~20 ms when several producers commit to
-    one group at once (BROKER.md). Reading one's own commit back is the only way to know that
-    a reader now sees all of it."""
+    returns, one partition at a time: Apache Kafka writes the commit markers after answering.
+    The embedded broker may hold them much longer, or for good: it applies a transaction's
+    offsets only once every other open transaction that wrote to the same partitions has
+    ended too, and a commit that had to wait can be left behind when those end (measured:
+    README, "embedded broker"). ``nudge`` (writing the same offsets again) is called when they
+    are still behind ``nudge_after`` seconds on, then after twice as long, and so on. Reading
+    one's own commit back is the only way to know that a reader now sees all of it."""
     tps = [TopicPartition(t, p) for t, p in want]
     if not tps:
         return
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
+    nudge_at, wait = start + nudge_after, nudge_after
     while True:
         try:
             got = c.committed(tps, timeout=timeout)
@@ -146,9 +159,17 @@ def wait_committed(
         ]
         if not behind:
             return
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise KafkaError(
                 f"{what or 'a commit'} is not readable after {timeout:.0f}s "
                 f"({', '.join(behind[:3])}); is the broker healthy?"
             )
+        if nudge is not None and now >= nudge_at:
+            log.info(
+                "%s not readable after %.1fs: committing it again", what or "a commit", now - start
+            )
+            nudge()
+            wait *= 2
+            nudge_at = time.monotonic() + wait
         time.sleep(0.005)

@@ -14,10 +14,15 @@ from typing import Any
 
 import ray
 
-from raystream._kafka.admin import Topics, end_offsets
+from raystream._kafka.admin import Topics, committed_offsets, end_offsets
 from raystream._runtime.assignment import assign
 from raystream._runtime.driver import NAMESPACE
-from raystream._runtime.epochs import epochs_partitions, epochs_topic
+from raystream._runtime.epochs import (
+    PARTITIONS_PER_TASK,
+    count_partitions,
+    epochs_partitions,
+    epochs_topic,
+)
 from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.worker import Worker
 from raystream.config import KafkaConfig, RuntimeConfig
@@ -82,9 +87,11 @@ class Coordinator:
         #: sent just after it would leave the slot running forever, and the watchdog would
         #: restart a worker that had finished).
         self._newest: dict[int, tuple[int, int]] = {}
-        #: Per (slot, attempt): records in, out and dead-lettered that the attempt committed,
-        #: as of its latest report. Kept across restarts and rescales: the run's totals.
-        self._counts: dict[tuple[int, int], tuple[int, int, int]] = {}
+        #: By task: (generation, epoch, records in, out, dead-lettered) committed, from the
+        #: newest attempt's latest report; and the counts committed before this run started.
+        #: The run's totals are the difference (see totals()).
+        self._task_counts: dict[str, tuple[int, int, int, int, int]] = {}
+        self._counted_before: dict[str, tuple[int, int, int]] = {}
         #: Every worker's metrics merged, served on the app's Prometheus endpoint.
         self.metrics = AppMetrics(app)
         self._metrics_server: MetricsServer | None = None
@@ -108,6 +115,7 @@ class Coordinator:
         topics.ensure(self._output_topics(partitions))
         self._task_index = {t: i for i, t in enumerate(tasks)}
         self._ensure_epochs_topic(topics, len(tasks))
+        self._counted_before = self._committed_counts()
         if self.bounded:
             # A topic the app also writes ends when its writers finish (as internal topics do;
             # see known_ends), not where it stood at start.
@@ -161,10 +169,25 @@ class Coordinator:
             topics.ensure({topic: wanted})
         elif have < wanted:
             raise TopologyError(
-                f"the app now has {tasks} tasks but its epochs topic {topic!r} was made for "
-                f"{have // 2}: input partition counts changed since the app last ran. Start it "
-                "under a new name (its state starts empty), or restore the partition counts"
+                f"the app now has {tasks} tasks but its epochs topic {topic!r} has room for "
+                f"{have // PARTITIONS_PER_TASK}: input partition counts changed since the app "
+                "last ran (or it last ran on an earlier build of raystream, whose epochs "
+                "topic had 2 partitions per task). Start it under a new name (its state "
+                "starts empty), or restore the partition counts"
             )
+
+    def _committed_counts(self) -> dict[str, tuple[int, int, int]]:
+        """Every task's records in, out and dead-lettered as committed before this run."""
+        topic = epochs_topic(self.app)
+        parts = {str(t): count_partitions(i) for t, i in self._task_index.items()}
+        got = committed_offsets(
+            self.kafka, self.app, [(topic, p) for ps in parts.values() for p in ps], timeout=30.0
+        )
+        counts: dict[str, tuple[int, int, int]] = {}
+        for task, (p_in, p_out, p_dead) in parts.items():
+            n_in, n_out, n_dead = (got.get((topic, p)) or 0 for p in (p_in, p_out, p_dead))
+            counts[task] = (n_in, n_out, n_dead)
+        return counts
 
     def _watch(self) -> None:
         """Replace workers that stopped committing (hung, or cut off) while running."""
@@ -278,33 +301,33 @@ class Coordinator:
                 self._state = "failed"
 
     def _count(self, report: WorkerReport) -> None:
-        """Take the report's counts for its attempt. They only grow within an attempt, so the
-        larger wins whatever the order reports are handled in."""
-        if report.attempt < 0:
-            return
-        key = (report.slot, report.attempt)
-        now = (report.records_in, report.records_out, report.dead_letters)
-        old = self._counts.get(key, (0, 0, 0))
-        self._counts[key] = (max(old[0], now[0]), max(old[1], now[1]), max(old[2], now[2]))
+        """Take the report's committed counts of each task, unless a newer attempt's (a higher
+        generation), or a later epoch of the same attempt, was taken already."""
+        for task, counts in report.task_counts.items():
+            if counts[:2] > self._task_counts.get(task, (-1, -1))[:2]:
+                self._task_counts[task] = counts
 
     def totals(self) -> dict[str, int]:
         """The run's records in, out and dead-lettered, over every attempt of every slot.
 
-        Each attempt's counts are of records whose processing it committed; a new attempt (a
-        restart by Ray or the watchdog, a retry, a rescale) starts from the last committed
-        offsets, so records an attempt processed but did not commit are counted once, by the
-        attempt that processes them again. For a bounded run over N input records this is N.
-        (The Prometheus counters, like Kafka Streams' and Flink's, count every processing,
-        reprocessing included.) Not exact in one case only: a worker that dies in the instant
-        between a commit and the report sent right after it leaves that epoch uncounted.
+        Each task commits its counts since the app first ran with its offsets (in the same
+        transaction in exactly-once mode), and every attempt starts from what was committed:
+        the totals are what the newest attempt of each task has committed, less what was
+        committed before the run. Records an attempt processed but did not commit are counted
+        once, by the attempt that processes them again, and a worker that dies before it
+        reports a commit leaves it to its successor to report. For a bounded run over N input
+        records this is N. (The Prometheus counters, like Kafka Streams' and Flink's, count
+        every processing, reprocessing included.)
         """
         with self._lock:
-            counts = list(self._counts.values())
-        return {
-            "records_in": sum(c[0] for c in counts),
-            "records_out": sum(c[1] for c in counts),
-            "dead_letters": sum(c[2] for c in counts),
-        }
+            latest = {task: c[2:] for task, c in self._task_counts.items()}
+            before = dict(self._counted_before)
+        totals = [0, 0, 0]
+        for task, counts in latest.items():
+            base = before.get(task, (0, 0, 0))
+            for i in range(3):
+                totals[i] += counts[i] - base[i]
+        return {"records_in": totals[0], "records_out": totals[1], "dead_letters": totals[2]}
 
     # -- called by the driver ----------------------------------------------------------------
     def wait(self, timeout: float) -> str:

@@ -54,10 +54,10 @@ class RunResult:
     committed during the run, each once: a worker restarted after a crash (or by the stall
     watchdog) resumes from its last commit, and what it processes again counts once, so a
     bounded run over N input records reports ``records_in == N`` however often workers were
-    restarted. The Prometheus counters count every processing, reprocessing included (as Kafka
-    Streams' and Flink's metrics do). One gap: the records of an epoch committed by a worker
-    that died before it could report that commit are not counted. ``status["workers"]`` holds
-    each slot's latest report, whose counts are those of its current attempt only.
+    restarted. They come from counts each task commits with its offsets. The Prometheus
+    counters count every processing, reprocessing included (as Kafka Streams' and Flink's
+    metrics do). ``status["workers"]`` holds each slot's latest report, whose counts are those
+    of its current attempt only.
     """
 
     state: str

@@ -32,7 +32,8 @@ class WorkerReport:
 
     The coordinator handles its calls out of order (it is a threaded actor), so a report may
     arrive after a newer one: ``(attempt, seq)`` orders them and the coordinator keeps the
-    newest. The counts are those of this attempt alone, as of its last commit.
+    newest. ``records_in``/``records_out``/``dead_letters`` are those of this attempt alone, as
+    of its last commit; ``task_counts`` are what Kafka holds committed for each task.
     """
 
     slot: int
@@ -57,3 +58,6 @@ class WorkerReport:
     broker_error: str | None = None
     #: Increases with every report the worker process sends (0: never sent).
     seq: int = 0
+    #: By task: (generation, epoch, records in, out, dead-lettered) as committed with its
+    #: epoch, counted since the app first ran (see raystream._runtime.epochs).
+    task_counts: dict[str, tuple[int, int, int, int, int]] = field(default_factory=dict)

@@ -30,7 +30,7 @@ from raystream._kafka import headers as hdr
 from raystream._kafka.admin import end_offsets, wait_committed
 from raystream._kafka.clients import consumer as make_consumer
 from raystream._runtime.checkpointing import TaskCheckpointer
-from raystream._runtime.epochs import epochs_topic, marker_partitions
+from raystream._runtime.epochs import count_partitions, epochs_topic, marker_partitions
 from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.output import OutputSink
 from raystream._runtime.pipeline import PipelinedOutput
@@ -85,6 +85,9 @@ class _Task:
     produced: int = 0
     #: Its epoch when the attempt started (restored from Kafka).
     recovered_epoch: int = 0
+    #: Its records in, out and dead-lettered since the app first ran, as of the epoch it was
+    #: recovered from (restored from Kafka; this attempt's counters add to these).
+    counted_before: tuple[int, int, int] = (0, 0, 0)
     #: When its checkpoints were last garbage-collected (monotonic seconds).
     gc_at: float = 0.0
 
@@ -98,6 +101,8 @@ class _Epoch:
     number: int
     #: The attempt's records in, out and dead-lettered as of the epoch's end.
     counts: tuple[int, int, int]
+    #: By task written: its epoch number and its counts since the app first ran (committed).
+    task_counts: dict[str, tuple[int, tuple[int, int, int]]]
     #: Kafka timestamps of the epoch's records, by task (the end-to-end latency metric).
     stamps: dict[TaskRunner, list[list[int]]]
     started: float
@@ -143,6 +148,9 @@ class Worker:
         self._done: set[str] = set()
         #: The attempt's counts as of its last confirmed epoch (what reports carry).
         self._counts = (0, 0, 0)
+        #: By task: its committed epoch and counts since the app first ran (see _Epoch).
+        self._task_counts: dict[str, tuple[int, tuple[int, int, int]]] = {}
+        self._generation = 0
         self._last_report = 0.0
         self._thread = threading.Thread(
             target=self._main, name=f"raystream-worker-{slot}", daemon=True
@@ -266,6 +274,7 @@ class Worker:
         self._report.attempt = a.attempt
         exactly_once = self.runtime.guarantee is Guarantee.EXACTLY_ONCE
         self._unconfirmed, self._counts, self._done = None, (0, 0, 0), set()
+        self._task_counts, self._generation = {}, a.generation
         out = self._output(exactly_once)
         consumer = make_consumer(self.kafka, group_id=self.app, **self.metrics.client_config())
         try:
@@ -278,6 +287,9 @@ class Worker:
                 tasks, routes = self._build_tasks(a, out, store)
                 owned = [tp for tp in routes if tp[0] not in self._global_topics(a)]
                 positions = self._recover(consumer, tasks, owned, routes, a)
+                self._task_counts = {
+                    str(t.runner.task): (t.recovered_epoch, t.counted_before) for t in tasks
+                }
                 self._live = {str(t.runner.task): t.runner for t in tasks}
                 log.info(
                     "worker %d attempt %d: %d task(s) ready in %.2fs (transactions %.2fs, "
@@ -427,7 +439,11 @@ class Worker:
         tables at their beginning (loaded again; records below the committed offset were
         reported already, so they are not dead-lettered twice)."""
         topic = epochs_topic(self.app)
-        markers = [TopicPartition(topic, p) for t in tasks for p in marker_partitions(t.index)]
+        markers = [
+            TopicPartition(topic, p)
+            for t in tasks
+            for p in (*marker_partitions(t.index), *count_partitions(t.index))
+        ]
         tps = [TopicPartition(t, p) for t, p in owned] + markers
         try:
             got = consumer.committed(tps, timeout=30) if tps else []
@@ -444,6 +460,11 @@ class Worker:
                 manifest = t.checkpointer.restore((epoch, attempt))
                 self._check_offsets(t, manifest.offsets, committed)
             t.runner.epoch = t.recovered_epoch = max(epoch, 0)
+            if epoch > 0:
+                n_in, n_out, n_dead = (
+                    max(committed.get((topic, p), 0), 0) for p in count_partitions(t.index)
+                )
+                t.counted_before = (n_in, n_out, n_dead)
             for tp in t.partitions:
                 off = committed.get(tp, -1)
                 if tp[0] in tables and not (epoch > 0 and t.checkpointer.stateful):
@@ -549,6 +570,7 @@ class Worker:
                 sum(r.counters.records_out for r in runners),
                 sum(r.counters.dead_letters for r in runners),
             ),
+            {str(t.runner.task): (t.runner.epoch, _counted(t)) for t in written},
             self.metrics.take_stamps(t.runner for t in written),
             started,
             finished,
@@ -571,10 +593,10 @@ class Worker:
     def _confirm(self, epoch: _Epoch, report: Callable[[], None]) -> None:
         """An epoch is committed: record it, collect old checkpoints, tell the coordinator the
         counts it committed (a light report, or a full one every _REPORT_EVERY_S). The run's
-        totals come from these (see Coordinator.totals): a worker that dies after a commit must
-        not take the epoch out of them."""
+        totals come from the tasks' committed counts (see Coordinator.totals)."""
         now = time.monotonic()
         self._counts = epoch.counts
+        self._task_counts.update(epoch.task_counts)
         self._done.update(epoch.finished)
         self._report.committed_at = time.time()
         self._report.epoch = epoch.number
@@ -593,7 +615,7 @@ class Worker:
             self._last_report = now
             report()
         else:
-            _set_counts(self._report, self._counts)
+            self._set_counts(self._report)
             self._send_report(dataclasses.replace(self._report, metrics={}))
 
     def _commit_tasks(
@@ -629,6 +651,10 @@ class Worker:
                 TopicPartition(topic, e_part, epoch),
                 TopicPartition(topic, a_part, a.generation),
             ]
+            offsets += [
+                TopicPartition(topic, p, n)
+                for p, n in zip(count_partitions(t.index), _counted(t), strict=True)
+            ]
             offsets += [TopicPartition(tp[0], tp[1], o) for tp, o in now.items() if o > 0]
             written.append(t)
         out.flush()
@@ -651,7 +677,10 @@ class Worker:
         offsets and epoch markers (see wait_committed). Whoever reads them once the attempt
         has drained (the next attempt's recovery, the view server, ``wait_for_views``) must
         see the whole last epoch: half of one would make recovery refuse the checkpoint, or
-        the views miss the final answer of a bounded run."""
+        the views miss the final answer of a bounded run. A commit still unreadable after a second
+        is written again, as a plain offset commit of the same offsets (the embedded broker can
+        leave a transaction's offsets behind: see wait_committed). That changes nothing in
+        Kafka's state: the transaction that committed them has returned."""
         topic = epochs_topic(self.app)
         want: dict[tuple[str, int], int] = {}
         for t in tasks:
@@ -662,8 +691,21 @@ class Worker:
             if t.runner.epoch > t.recovered_epoch:
                 want[(topic, a_part)] = a.generation
             want.update({tp: o for tp, o in t.committed.items() if o > 0})
+            if t.runner.epoch > t.recovered_epoch:
+                counts = zip(count_partitions(t.index), _counted(t), strict=True)
+                want.update({(topic, p): n for p, n in counts})
+
+        def commit_again() -> None:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in want.items()]
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except _RdKafkaException as exc:
+                raise RaystreamError(f"offset commit failed: {exc}") from exc
+
         with self._waiting_on_kafka("reading back the last commit"):
-            wait_committed(consumer, want, what=f"worker {self.slot}'s last commit")
+            wait_committed(
+                consumer, want, what=f"worker {self.slot}'s last commit", nudge=commit_again
+            )
 
     def _update_report(
         self,
@@ -672,7 +714,7 @@ class Worker:
         consumer: Consumer,
     ) -> None:
         r = self._report
-        _set_counts(r, self._counts)
+        self._set_counts(r)
         # Only once committed: the coordinator then reads the ends of the topics they write
         # (Coordinator.known_ends), which must hold their last records.
         r.done_tasks = [str(t.task) for t in tasks if str(t.task) in self._done]
@@ -686,6 +728,15 @@ class Worker:
         r.metrics = self.metrics.observe(tasks, lag, r.state)
         r.broker_error = self.metrics.broker_error
         self._send_report()
+
+    def _set_counts(self, report: WorkerReport) -> None:
+        """The attempt's records in, out and dead-lettered, and every task's committed
+        counts, as of the last confirmed epoch."""
+        report.records_in, report.records_out, report.dead_letters = self._counts
+        g = self._generation
+        report.task_counts = {
+            task: (g, epoch, *counts) for task, (epoch, counts) in self._task_counts.items()
+        }
 
     def _send_report(self, report: WorkerReport | None = None) -> None:
         """Send ``report`` (default: the worker's own) with the next sequence number. The
@@ -703,9 +754,10 @@ class Worker:
                 log.debug("worker %d: coordinator unreachable", self.slot)
 
 
-def _set_counts(report: WorkerReport, counts: tuple[int, int, int]) -> None:
-    """The attempt's records in, out and dead-lettered (as of its last confirmed epoch)."""
-    report.records_in, report.records_out, report.dead_letters = counts
+def _counted(t: _Task) -> tuple[int, int, int]:
+    """The task's records in, out and dead-lettered since the app first ran."""
+    c, before = t.runner.counters, t.counted_before
+    return before[0] + c.records_in, before[1] + c.records_out, before[2] + c.dead_letters
 
 
 def _fetch(consumer: Consumer, max_records: int, timeout: float) -> list[Any]:

@@ -104,14 +104,14 @@ def _committed_markers(kafka: KafkaConfig, app: str) -> set[tuple[int, int]]:
     """Every ``(epoch, attempt)`` committed in the app's epoch markers (which task each belongs
     to needs the app's plan, so only the set is returned)."""
     from raystream._kafka.admin import Topics, committed_offsets
-    from raystream._runtime.epochs import epochs_topic
+    from raystream._runtime.epochs import PARTITIONS_PER_TASK, epochs_topic, marker_partitions
 
     topic = epochs_topic(app)
     count = Topics(kafka).partitions(timeout=10.0).get(topic, 0)
     got = committed_offsets(kafka, app, [(topic, p) for p in range(count)], timeout=10.0)
     pairs = set()
-    for i in range(count // 2):
-        epoch, attempt = got.get((topic, 2 * i)), got.get((topic, 2 * i + 1))
+    for i in range(count // PARTITIONS_PER_TASK):
+        epoch, attempt = (got.get((topic, p)) for p in marker_partitions(i))
         if epoch is not None and attempt is not None:
             pairs.add((epoch, attempt))
     return pairs

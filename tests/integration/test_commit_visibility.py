@@ -7,12 +7,16 @@ reads the offsets next (recovery, the views, ``wait_for_views``) sees the whole 
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from raystream._kafka.admin import wait_committed
+from raystream._runtime.output import OutputSink
+from raystream.config import KafkaConfig
 from raystream.dev.broker import EmbeddedBroker
 from raystream.errors import KafkaError
 
@@ -55,9 +59,13 @@ def test_wait_committed_waits_for_the_commit_and_names_what_is_behind(
 
 
 def test_concurrent_transactions_are_read_back_whole(broker: EmbeddedBroker, unique: str) -> None:
-    """Four producers commit offsets to one group at once; after wait_committed each reads its
-    whole commit back with a fresh consumer, every time (without the wait, measured on the
-    embedded broker, about 4 reads in 10 miss part of it)."""
+    """Four workers' producers commit offsets to one group at once, as a job's workers do;
+    after wait_committed (writing the offsets again when a commit stays unreadable, as a
+    draining worker does) each reads its whole commit back with a fresh consumer, every time.
+    Without the wait about 4 reads in 10 missed part of it. Without writing again, the
+    embedded broker left commits behind for good in about 1 run of this test in 15, two or
+    three producers' at once, and committing them again in new transactions did not help
+    (measured: 2 of 40 runs); a plain offset commit did."""
     bs, out, markers, group = broker.bootstrap, f"{unique}.out", f"{unique}.ep", f"{unique}-g"
     producers, epochs = 4, 30
     create_topic(bs, out, 4)
@@ -68,18 +76,17 @@ def test_concurrent_transactions_are_read_back_whole(broker: EmbeddedBroker, uni
     def commit_epochs(w: int) -> None:
         try:
             src = _consumer(bs, group)
-            p = Producer({"bootstrap.servers": bs, "transactional.id": f"{unique}-{w}"})
-            p.init_transactions(30)
+            sink = OutputSink(KafkaConfig(bs), transactional_id=f"{unique}-{w}", pad_topic=markers)
+            sink.start_transactions(30)
             mine = [(markers, 2 * w), (markers, 2 * w + 1)]
             for e in range(1, epochs + 1):
-                p.begin_transaction()
                 for k in range(20):
-                    p.produce(out, b"x" * 50, b"%d" % k)
-                p.send_offsets_to_transaction(
-                    [TopicPartition(t, q, e) for t, q in mine], src.consumer_group_metadata()
-                )
-                p.commit_transaction()
-                wait_committed(src, {tp: e for tp in mine}, timeout=20)
+                    sink.send(out, b"x" * 50, b"%d" % k, 0, None)
+                sink.flush()
+                offsets = [TopicPartition(t, q, e) for t, q in mine]
+                sink.commit_epoch(offsets, src.consumer_group_metadata())
+                again = functools.partial(src.commit, offsets=offsets, asynchronous=False)
+                wait_committed(src, {tp: e for tp in mine}, timeout=20, nudge=again)
                 reader = _consumer(bs, group)
                 got = [tp.offset for tp in reader.committed([TopicPartition(*tp) for tp in mine])]
                 reader.close()
@@ -96,3 +103,52 @@ def test_concurrent_transactions_are_read_back_whole(broker: EmbeddedBroker, uni
         t.join(120)
     assert not errors, errors
     assert not missed, missed
+
+
+def test_a_commit_the_broker_left_behind_is_made_readable_by_committing_it_again(
+    broker: EmbeddedBroker, unique: str
+) -> None:
+    """The embedded broker's way of leaving a commit behind, step by step: producer 1 commits
+    while producers 2 and 3 have transactions open on partitions it shares with 2 only; 2's
+    commit then waits for 3's, and 3's applies 2's but not 1's. wait_committed's nudge (a
+    plain commit of the same offsets) makes it readable. If the broker is ever fixed, the
+    first assertion fails and this test can go."""
+    bs, markers, group = broker.bootstrap, f"{unique}.ep", f"{unique}-g"
+    shared_12, shared_23 = f"{unique}.a", f"{unique}.b"
+    for topic in (shared_12, shared_23):
+        create_topic(bs, topic, 1)
+    create_topic(bs, markers, 2)
+    src = _consumer(bs, group)
+    sinks = {}
+    for w in (1, 2, 3):
+        sinks[w] = OutputSink(KafkaConfig(bs), transactional_id=f"{unique}-{w}")
+        sinks[w].start_transactions(30)
+
+    def produce(w: int, *topics: str) -> None:
+        for topic in topics:
+            sinks[w].send(topic, b"x", None, 0, None)
+        sinks[w].flush()
+
+    produce(2, shared_12, shared_23)
+    produce(3, shared_23)
+    produce(1, shared_12)
+    offsets = [TopicPartition(markers, 0, 5)]
+    sinks[1].commit_epoch(offsets, src.consumer_group_metadata())
+    for w in (2, 3):
+        sinks[w].commit_epoch([TopicPartition(markers, 1, w)], src.consumer_group_metadata())
+    try:
+        with pytest.raises(KafkaError, match="not readable"):
+            wait_committed(src, {(markers, 0): 5}, timeout=1.5)
+        nudged: list[float] = []
+
+        def nudge() -> None:
+            nudged.append(time.monotonic())
+            src.commit(offsets=offsets, asynchronous=False)
+
+        wait_committed(src, {(markers, 0): 5}, timeout=20, nudge=nudge, nudge_after=0.2)
+        assert len(nudged) == 1
+        reader = _consumer(bs, group)
+        assert [tp.offset for tp in reader.committed([TopicPartition(markers, 0)])] == [5]
+        reader.close()
+    finally:
+        src.close()
