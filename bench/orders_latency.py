@@ -270,7 +270,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The slowest orders (system time: the injected wait taken off) and any wrong ones,
         # record by record with their timestamps: where a tail or a timeout came from.
         odd = sorted(arrivals.seen, key=lambda o: -(arrivals.seen[o][0] - injected_wait(o, spec)))
-        odd = odd[:3] + [o for o in arrivals.seen if not right_outcome(o, spec, arrivals)][:3]
+        wrong_ids = {o for o in arrivals.seen if not right_outcome(o, spec, arrivals)}
+        odd = odd[:3] + [o for o in arrivals.seen if o in wrong_ids][:3]
         odd_trace = trace_orders(bootstrap, prefix, odd)
         timings = {
             "saga": epoch_timings(running.status().get("metrics_url")),
@@ -298,7 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             missing.append(oid)
             continue
         latency = got[0]
-        if not right_outcome(oid, spec, arrivals):
+        if oid in wrong_ids:
             wrong.append(oid)
         f = fate(oid, spec)
         waited = injected_wait(oid, spec)

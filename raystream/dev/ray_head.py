@@ -395,14 +395,15 @@ class LocalRayHead:
         if self.info is not None:
             return self
         deadline = time.monotonic() + timeout
-        for attempt in range(1, _START_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 last = attempt == _START_ATTEMPTS
                 return self._start_once(max(deadline - time.monotonic(), 5.0), keep_logs=last)
             except _StartClash:
-                if attempt == _START_ATTEMPTS or time.monotonic() >= deadline:
+                if last or time.monotonic() >= deadline:
                     raise
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def _start_once(self, timeout: float, *, keep_logs: bool) -> LocalRayHead:
         for _ in range(5):  # never reuse a dir left by an earlier head (kept logs)
