@@ -64,6 +64,9 @@ _REPORT_EVERY_S = 0.25
 #: A call to Kafka (a commit, starting an attempt) blocked this long means the broker does not
 #: answer: the worker says so in its report and metrics while it keeps waiting.
 BROKER_SILENT_S = 5.0
+#: In exactly-once mode, check this often that the commits confirmed by the previous check read
+#: back (see Worker._make_readable).
+_READABLE_CHECK_S = 1.0
 _OFFSET_BEGINNING = -2
 _OFFSET_END = -1
 
@@ -108,6 +111,8 @@ class _Epoch:
     started: float
     #: Tasks at the end of their input when the epoch ended: done once it is confirmed.
     finished: list[str]
+    #: What it committed: input offsets, epoch markers and counts.
+    offsets: dict[tuple[str, int], int]
 
 
 Output = OutputSink | PipelinedOutput
@@ -151,6 +156,10 @@ class Worker:
         #: By task: its committed epoch and counts since the app first ran (see _Epoch).
         self._task_counts: dict[str, tuple[int, tuple[int, int, int]]] = {}
         self._generation = 0
+        #: Every offset the attempt's confirmed commits wrote (the newest of each partition),
+        #: and a copy of it as of the last check that they read back.
+        self._confirmed: dict[tuple[str, int], int] = {}
+        self._confirmed_checked: dict[tuple[str, int], int] = {}
         self._last_report = 0.0
         self._thread = threading.Thread(
             target=self._main, name=f"raystream-worker-{slot}", daemon=True
@@ -275,6 +284,7 @@ class Worker:
         exactly_once = self.runtime.guarantee is Guarantee.EXACTLY_ONCE
         self._unconfirmed, self._counts, self._done = None, (0, 0, 0), set()
         self._task_counts, self._generation = {}, a.generation
+        self._confirmed, self._confirmed_checked = {}, {}
         out = self._output(exactly_once)
         consumer = make_consumer(self.kafka, group_id=self.app, **self.metrics.client_config())
         try:
@@ -309,6 +319,7 @@ class Worker:
             runners = [t.runner for t in tasks]
             self._report.state = "running"
             last_commit = last_ends = self._last_report = time.monotonic()
+            readable_at = last_commit + _READABLE_CHECK_S
             interval = self.runtime.commit_interval_ms / 1000.0
             poll_wait = self.runtime.poll_timeout_ms / 1000.0
             idle_timeout = self.runtime.idle_timeout_ms
@@ -358,6 +369,10 @@ class Worker:
                     last_commit, owed = time.monotonic(), False
                 elif isinstance(out, PipelinedOutput) and out.committing and out.done():
                     settle()
+                if exactly_once and time.monotonic() >= readable_at:
+                    readable_at = time.monotonic() + _READABLE_CHECK_S
+                    if not (isinstance(out, PipelinedOutput) and out.committing):
+                        self._make_readable(consumer)
         except BaseException:
             self._live = {}
             self._unconfirmed = None
@@ -552,7 +567,7 @@ class Worker:
         with self._waiting_on_kafka("committing an epoch"):
             self._settle(out, report)
             started = time.monotonic()
-            written = self._commit_tasks(consumer, out, tasks, positions, a)
+            written, offsets = self._commit_tasks(consumer, out, tasks, positions, a)
         finished = [str(t.runner.task) for t in tasks if t.runner.finished]
         if not written:  # the loop is alive and nothing is owed: that counts as committed
             self._done.update(finished)
@@ -574,6 +589,7 @@ class Worker:
             self.metrics.take_stamps(t.runner for t in written),
             started,
             finished,
+            {(tp.topic, tp.partition): tp.offset for tp in offsets},
         )
         if isinstance(out, PipelinedOutput):
             self._unconfirmed = epoch
@@ -597,6 +613,7 @@ class Worker:
         now = time.monotonic()
         self._counts = epoch.counts
         self._task_counts.update(epoch.task_counts)
+        self._confirmed.update(epoch.offsets)
         self._done.update(epoch.finished)
         self._report.committed_at = time.time()
         self._report.epoch = epoch.number
@@ -625,8 +642,9 @@ class Worker:
         tasks: list[_Task],
         positions: dict[tuple[str, int], int],
         a: Assignment,
-    ) -> list[_Task]:
-        """The body of :meth:`_commit`; returns the tasks whose epoch was committed.
+    ) -> tuple[list[_Task], list[TopicPartition]]:
+        """The body of :meth:`_commit`; returns the tasks whose epoch was committed, and the
+        offsets committed.
 
         Checkpoints are written before the outputs are flushed: librdkafka sends the epoch's
         records meanwhile, so the two waits overlap. A checkpoint of an epoch that then fails
@@ -670,7 +688,7 @@ class Worker:
             t.runner.epoch += 1
             t.committed = {tp: positions[tp] for tp in t.partitions}
             t.produced = t.runner.counters.records_out + t.runner.counters.dead_letters
-        return written
+        return written, offsets
 
     def _await_committed(self, consumer: Consumer, tasks: list[_Task], a: Assignment) -> None:
         """Wait until Kafka answers this attempt's last commit to a reader: every task's
@@ -706,6 +724,48 @@ class Worker:
             wait_committed(
                 consumer, want, what=f"worker {self.slot}'s last commit", nudge=commit_again
             )
+
+    def _make_readable(self, consumer: Consumer) -> None:
+        """Check that the commits confirmed by the previous call (a second or more ago) read
+        back; if not, write the offsets of every commit confirmed since the attempt started
+        again (a plain offset commit).
+
+        The embedded broker applies a transaction's offsets only once every overlapping open
+        transaction has ended, and can leave them behind for as long as the job runs (see
+        wait_committed): the views, which read the committed epochs, then stand still. On
+        Apache Kafka a commit reads back within milliseconds, so this only costs one offset
+        fetch a second. Writing confirmed offsets again changes nothing in Kafka's state: the
+        transactions that committed them have returned. Called between commits only, so no
+        commit of this worker can land in between and be undone; a newer attempt's commit
+        (this worker is then a zombie) is never written over."""
+        want, old = self._confirmed, self._confirmed_checked
+        self._confirmed_checked = dict(want)
+        if not old:
+            return
+        try:
+            got = consumer.committed([TopicPartition(t, p) for t, p in old], timeout=10)
+        except _RdKafkaException as exc:
+            log.warning("worker %d: cannot read committed offsets back: %s", self.slot, exc)
+            return
+        behind = [tp for tp in got if tp.offset < old[(tp.topic, tp.partition)]]
+        if not behind or any(tp.offset > want[(tp.topic, tp.partition)] for tp in got):
+            return
+        log.info(
+            "worker %d: a commit confirmed a second ago is not readable (%s[%d] at %d, not %d): "
+            "writing the confirmed offsets again",
+            self.slot,
+            behind[0].topic,
+            behind[0].partition,
+            behind[0].offset,
+            old[(behind[0].topic, behind[0].partition)],
+        )
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in want.items()],
+                asynchronous=False,
+            )
+        except _RdKafkaException as exc:
+            log.warning("worker %d: writing offsets again failed: %s", self.slot, exc)
 
     def _update_report(
         self,

@@ -14,13 +14,14 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+import raystream as rs
 from raystream._kafka.admin import wait_committed
 from raystream._runtime.output import OutputSink
 from raystream.config import KafkaConfig
 from raystream.dev.broker import EmbeddedBroker
 from raystream.errors import KafkaError
 
-from .kafka_helpers import create_topic
+from .kafka_helpers import create_topic, produce
 
 
 def _consumer(bs: str, group: str) -> Consumer:
@@ -152,3 +153,42 @@ def test_a_commit_the_broker_left_behind_is_made_readable_by_committing_it_again
         reader.close()
     finally:
         src.close()
+
+
+def test_a_running_jobs_commits_become_readable_while_another_transaction_stays_open(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    """An outside producer keeps a transaction open on the job's output partition: the
+    embedded broker then holds back every commit of a transaction that writes there after it
+    (checked first with a probe), for as long as that transaction stays open. The job's
+    worker reads its confirmed commits back and writes their offsets again, so they become
+    readable while the job runs (the views read them)."""
+    bs, src, out = broker.bootstrap, f"{unique}.in", f"{unique}.out"
+    create_topic(bs, src, 1)
+    create_topic(bs, out, 1)
+    blocker = OutputSink(KafkaConfig(bs), transactional_id=f"{unique}-blocker")
+    blocker.start_transactions(30)
+    blocker.send(out, b"open", None, 0, None)
+    blocker.flush()
+    probe = OutputSink(KafkaConfig(bs), transactional_id=f"{unique}-probe")
+    probe.start_transactions(30)
+    probe.send(out, b"probe", None, 0, None)
+    probe.flush()
+    probing = _consumer(bs, f"{unique}-probe")
+    probe.commit_epoch([TopicPartition(src, 0, 7)], probing.consumer_group_metadata())
+    with pytest.raises(KafkaError, match="not readable"):
+        wait_committed(probing, {(src, 0): 7}, timeout=1.5)
+    probing.close()
+
+    produce(bs, src, ((b"k%d" % i, b"%d" % i) for i in range(1000)))
+    app = rs.App(unique, brokers=bs)
+    app.stream(src, value=rs.String()).map(lambda r: {"v": int(r["value"])}).to(out)
+    running = app.start(workers=1)
+    reader = _consumer(bs, unique)  # the app's group
+    try:
+        wait_committed(reader, {(src, 0): 1000}, timeout=30, what="the job's commit")
+        assert running.status()["state"] == "running"
+    finally:
+        reader.close()
+        running.stop()
+        blocker.abort()
