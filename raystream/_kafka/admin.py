@@ -167,7 +167,9 @@ def wait_committed(
             )
         if nudge is not None and now >= nudge_at:
             log.info(
-                "%s not readable after %.1fs: committing it again", what or "a commit", now - start
+                "%s not readable after %.1fs: writing its offsets again",
+                what or "a commit",
+                now - start,
             )
             nudge()
             wait *= 2

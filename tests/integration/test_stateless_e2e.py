@@ -202,6 +202,19 @@ def test_missing_input_topic_fails_fast_with_the_topic_name(
         app.run(workers=1, bounded=True, timeout=30)
 
 
+def test_an_epochs_topic_too_small_for_the_tasks_fails_fast_and_says_what_to_do(
+    broker: EmbeddedBroker, ray_local: None, unique: str
+) -> None:
+    """As left by an earlier run with fewer input partitions, or by a build of raystream that
+    kept 2 partitions per task (4 tasks need 20 now)."""
+    create_topic(broker.bootstrap, f"{unique}.in", 4)
+    create_topic(broker.bootstrap, f"{unique}-epochs", 8)
+    app = rs.App(unique, brokers=broker.bootstrap)
+    app.stream(f"{unique}.in").to(f"{unique}.out")
+    with pytest.raises(rs.TopologyError, match=r"has room for 1: .* Start it under a new name"):
+        app.run(workers=1, bounded=True, timeout=30)
+
+
 def test_graceful_stop_commits_and_a_restart_resumes_without_duplicates(
     broker: EmbeddedBroker, ray_local: None, unique: str
 ) -> None:
