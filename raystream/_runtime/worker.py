@@ -680,10 +680,7 @@ class Worker:
             if out.transactional:
                 out.commit_epoch(offsets, consumer.consumer_group_metadata())
             else:
-                try:
-                    consumer.commit(offsets=offsets, asynchronous=False)
-                except _RdKafkaException as exc:
-                    raise RaystreamError(f"offset commit failed: {exc}") from exc
+                _commit_offsets(consumer, offsets)
         for t in written:
             t.runner.epoch += 1
             t.committed = {tp: positions[tp] for tp in t.partitions}
@@ -713,16 +710,13 @@ class Worker:
                 counts = zip(count_partitions(t.index), _counted(t), strict=True)
                 want.update({(topic, p): n for p, n in counts})
 
-        def commit_again() -> None:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in want.items()]
-            try:
-                consumer.commit(offsets=offsets, asynchronous=False)
-            except _RdKafkaException as exc:
-                raise RaystreamError(f"offset commit failed: {exc}") from exc
-
+        again = [TopicPartition(t, p, o) for (t, p), o in want.items()]
         with self._waiting_on_kafka("reading back the last commit"):
             wait_committed(
-                consumer, want, what=f"worker {self.slot}'s last commit", nudge=commit_again
+                consumer,
+                want,
+                what=f"worker {self.slot}'s last commit",
+                nudge=functools.partial(_commit_offsets, consumer, again),
             )
 
     def _make_readable(self, consumer: Consumer) -> None:
@@ -760,11 +754,8 @@ class Worker:
             old[(behind[0].topic, behind[0].partition)],
         )
         try:
-            consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in want.items()],
-                asynchronous=False,
-            )
-        except _RdKafkaException as exc:
+            _commit_offsets(consumer, [TopicPartition(t, p, o) for (t, p), o in want.items()])
+        except RaystreamError as exc:
             log.warning("worker %d: writing offsets again failed: %s", self.slot, exc)
 
     def _update_report(
@@ -812,6 +803,14 @@ class Worker:
                 self.coordinator.worker_report.remote(report)
             except Exception:  # the coordinator is gone: the app is stopping
                 log.debug("worker %d: coordinator unreachable", self.slot)
+
+
+def _commit_offsets(consumer: Consumer, offsets: list[TopicPartition]) -> None:
+    """A plain (non-transactional) offset commit of the consumer's group, waited for."""
+    try:
+        consumer.commit(offsets=offsets, asynchronous=False)
+    except _RdKafkaException as exc:
+        raise RaystreamError(f"offset commit failed: {exc}") from exc
 
 
 def _counted(t: _Task) -> tuple[int, int, int]:
