@@ -95,11 +95,14 @@ class Sink:
         if err is not None:
             self.delivery_errors.append(str(err))
 
-    def produce(self, key: bytes | None, value: bytes, timestamp: int = 0) -> None:
-        """Queue one output record (waiting while librdkafka's queue is full)."""
+    def produce(
+        self, key: bytes | None, value: bytes, timestamp: int = 0, topic: str | None = None
+    ) -> None:
+        """Queue one output record (to the run's output topic unless ``topic`` is given),
+        waiting while librdkafka's queue is full."""
         while True:
             try:
-                self.producer.produce(self.topic, value, key, timestamp=timestamp)
+                self.producer.produce(topic or self.topic, value, key, timestamp=timestamp)
                 return
             except BufferError:
                 self.producer.poll(0.01)
@@ -232,13 +235,16 @@ class TumblingCountSum:
 
     def batch(self, msgs: list[Message]) -> None:
         """Decode and aggregate a batch; emit the windows its records closed."""
-        loads = json.loads
-        wm, next_end, open_ = self.watermark, self.next_end, self.open
         for m in msgs:
             if m.error() is not None:
                 _check(m)
-            p: int = m.partition()  # type: ignore[assignment]
-            d = loads(m.value())  # type: ignore[arg-type]
+        loads = json.loads
+        self.records([(m.partition(), loads(m.value())) for m in msgs])  # type: ignore[misc,arg-type]
+
+    def records(self, decoded: list[tuple[int, dict[str, Any]]]) -> None:
+        """Aggregate decoded payments, each with its partition; emit the windows they closed."""
+        wm, next_end, open_ = self.watermark, self.next_end, self.open
+        for p, d in decoded:
             ts = d["ts"]
             start = ts - ts % WINDOW_MS
             w = wm[p]
@@ -277,6 +283,21 @@ class TumblingCountSum:
             self.close(p, _NEVER)
 
 
+def w1_emitter(sink: Sink, topic: str | None = None) -> Callable[[str, int, int, float], None]:
+    """W1's ``emit``: one JSON result per closed window, timestamped ``window_end - 1``."""
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    produce = sink.produce
+
+    def emit(cust: str, start: int, n: int, total: float) -> None:
+        end = start + WINDOW_MS
+        value = dumps(
+            {"customer_id": cust, "window_start": start, "window_end": end, "n": n, "total": total}
+        )
+        produce(cust.encode(), value.encode(), end - 1, topic)
+
+    return emit
+
+
 def w1_windowed(ctx: RunContext) -> Measurement:
     """W1: per-customer tumbling 10 s count and sum, written when each window closes."""
     t0 = time.perf_counter()
@@ -284,23 +305,7 @@ def w1_windowed(ctx: RunContext) -> Measurement:
     consumer = _consumer(ctx, "read_committed" if eos else "read_uncommitted")
     try:
         sink = Sink(ctx, consumer)
-        dumps = json.JSONEncoder(separators=(",", ":")).encode
-        produce = sink.produce
-
-        def emit(cust: str, start: int, n: int, total: float) -> None:
-            end = start + WINDOW_MS
-            value = dumps(
-                {
-                    "customer_id": cust,
-                    "window_start": start,
-                    "window_end": end,
-                    "n": n,
-                    "total": total,
-                }
-            )
-            produce(cust.encode(), value.encode(), end - 1)
-
-        agg = TumblingCountSum(ctx.workload.partitions, emit)
+        agg = TumblingCountSum(ctx.workload.partitions, w1_emitter(sink))
         m = _drive(ctx, consumer, agg.batch, sink, agg.close_all, started=t0)
         m.records_out = agg.emitted
         m.extra["late_records"] = agg.late

@@ -1,4 +1,5 @@
-"""Where a run's CPU went: per process, and the whole machine over a run's timed span.
+"""Where a run's CPU went, per process and for the whole machine over a run's timed span; and
+a process's memory.
 
 A throughput figure alone cannot say whether a system was short of CPU or waiting. On a
 2-core machine that also runs the embedded broker, the question that decides what a faster
@@ -24,6 +25,18 @@ def proc_cpu_s(pid: int) -> float | None:
     if utime is None or stime is None:
         return None
     return (utime + stime) / _TICK
+
+
+def proc_mib(pid: int, field: str = "VmHWM") -> float | None:
+    """``field`` (VmHWM: peak RSS, VmRSS: current) of process ``pid`` in MiB, None if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def machine_busy_s() -> float:

@@ -21,14 +21,8 @@ from outside the workers, whose only public window is ``RunningApp.status()``:
   read before ``stop()``); every worker's and the benchmark process's are in ``extra``.
 
 **W3 latency** (``raystream.w3.*``): W1 and W2 in one app (one input stream feeding both), run
-unbounded with N workers while a separate producer process writes payments at a fixed rate
-(default 20,000/s for 60 s) with ``ts`` = the wall-clock ms of its ``produce()`` call. A consumer
-in the benchmark process (``read_committed`` for exactly-once) stamps each output record when it
-becomes readable. W2 latency = read time - ``ts`` of the payment. W1 latency = read time -
-``window_end``: a window can close only once a record with ``ts >= window_end`` was produced, so
-this is the time from "the window could be emitted" to "its result is readable". The run checks
-its outputs: every payment enriched exactly once, every emitted window exact and once, every
-window that had to close emitted.
+unbounded with N workers, measured by ``bench.w3`` (the paced input, the reader, the checks) as
+the hand-written loop's W3 is.
 
 **W4 recovery** (``raystream.w4.*``): 1,000,000 records with 1,000,000 distinct keys, all in one
 10 s tumbling window, so one worker holds 1M open windows; a trickle of updates (1,000/s) keeps
@@ -46,40 +40,34 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import multiprocessing
 import os
 import random
 import signal
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from array import array
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 import raystream as rs
-from bench.cpu import CpuShares
+from bench.cpu import proc_mib
 from bench.registry import Measurement, RunContext, Verification, register
+from bench.w3 import OutputReader, W3Run, W3Topics
 from bench.workload import WINDOW_MS
 from raystream._kafka.admin import Topics
-from raystream._runtime.worker import _fetch
 from raystream.config import KafkaConfig
-from raystream.generate.payments import PaymentsSpec, payments
 from raystream.generate.produce import produce_records
 
 #: Status polling period while looking for the first commit or the recovery.
 POLL_S = 0.05
 #: A bounded run that has not finished after this long fails.
 RUN_TIMEOUT_S = 600.0
-#: Defaults of the W3 and W4 parameters (``RunContext.params``).
-W3_RATE = 20_000
-W3_DURATION_S = 60.0
+#: Defaults of the W4 parameters (``RunContext.params``).
 W4_KEYS = 1_000_000
 W4_TRICKLE_RATE = 1_000
 #: Event time of W4's records: the start of one 10 s window (2026-01-01T00:00:00Z).
@@ -114,18 +102,6 @@ def ray_session() -> Iterator[float]:
         yield time.perf_counter() - t0
     finally:
         ray.shutdown()
-
-
-def proc_mib(pid: int, field: str = "VmHWM") -> float | None:
-    """``field`` (VmHWM: peak RSS, VmRSS: current) of process ``pid`` in MiB, None if gone."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def dir_bytes(path: Path) -> int:
@@ -293,241 +269,6 @@ for _kind in ("w1", "w2"):
 
 
 # -- W3 latency ----------------------------------------------------------------------------------
-W3_POOL = 20_000
-
-
-def paced_producer(
-    bootstrap: str,
-    topic: str,
-    rate: int,
-    duration_s: float,
-    seed: int,
-    conn: Connection,
-    linger_ms: int = 5,
-) -> None:
-    """Produce payments to ``topic`` at ``rate``/s for ``duration_s`` (run in its own process),
-    ``ts`` = wall-clock ms at ``produce()``; send back what was produced and W1's expectation.
-    ``linger_ms`` batching is part of the latency measured (``ts`` is taken before it)."""
-    pool: list[tuple[bytes, bytes, str, float]] = []
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-    spec = PaymentsSpec(count=W3_POOL, customers=10_000, merchants=500, seed=seed)
-    for p in payments(spec):
-        body = dumps({k: v for k, v in p.items() if k not in ("payment_id", "ts")})
-        pool.append((p["customer_id"].encode(), body[:-1].encode(), p["customer_id"], p["amount"]))
-    failed: list[str] = []
-
-    def on_error(err: object, msg: object) -> None:
-        if err is not None:
-            failed.append(str(err))
-
-    prod = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": linger_ms,
-            "enable.idempotence": True,
-            "partitioner": "murmur2_random",
-            "on_delivery": on_error,
-            "delivery.report.only.error": True,
-            "log_level": 3,
-        }
-    )
-    expected: dict[tuple[str, int], list[Any]] = {}
-    n = 0
-    start = time.time()
-    end = start + duration_s
-    first_ts = last_ts = int(start * 1000)
-    while True:
-        now = time.time()
-        if now >= end:
-            break
-        due = int((now - start) * rate)
-        while n < due:
-            key, body, cid, amount = pool[n % W3_POOL]
-            ts = int(time.time() * 1000)
-            prod.produce(topic, b'%s,"payment_id":"p%09d","ts":%d}' % (body, n, ts), key)
-            w = expected.get((cid, ts - ts % WINDOW_MS))
-            if w is None:
-                expected[(cid, ts - ts % WINDOW_MS)] = [1, amount]
-            else:
-                w[0] += 1
-                w[1] += amount
-            last_ts = ts
-            n += 1
-        prod.poll(0)
-        time.sleep(0.001)
-    left = prod.flush(30)
-    conn.send(
-        {
-            "produced": n,
-            "seconds": time.time() - start,
-            "first_ts": first_ts,
-            "last_ts": last_ts,
-            "undelivered": left + len(failed),
-            "w1": expected,
-        }
-    )
-    conn.close()
-
-
-class OutputReader(threading.Thread):
-    """Reads output topics as they are written, stamping each record when it is readable."""
-
-    def __init__(self, bootstrap: str, topics: dict[str, int], isolation: str) -> None:
-        super().__init__(name="output-reader", daemon=True)
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"bench-latency-{time.time_ns()}",
-                "enable.auto.commit": False,
-                "isolation.level": isolation,
-                "fetch.wait.max.ms": 10,
-                "log_level": 3,
-            }
-        )
-        self.consumer.assign(
-            [TopicPartition(t, p, OFFSET_BEGINNING) for t, n in topics.items() for p in range(n)]
-        )
-        self.stopping = threading.Event()
-        self.error: BaseException | None = None
-        self.count = 0
-
-    def handle(self, topic: str, ts: int, value: bytes | None, now_ms: float) -> None:
-        """Called for each record with its Kafka timestamp and the time it was read."""
-        raise NotImplementedError
-
-    def run(self) -> None:
-        c = self.consumer
-        try:
-            while not self.stopping.is_set():
-                batch = _fetch(c, 10_000, 0.1)  # returns as soon as a record is readable
-                if not batch:
-                    continue
-                now_ms = time.time() * 1000.0
-                for m in batch:
-                    if m.error() is not None:
-                        raise RuntimeError(f"reading {m.topic()}: {m.error()}")
-                    self.handle(m.topic(), m.timestamp()[1], m.value(), now_ms)  # type: ignore[arg-type]
-                    self.count += 1
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            c.close()
-
-    def finish(self) -> None:
-        """Stop reading; raise what went wrong while reading."""
-        self.stopping.set()
-        self.join(30)
-        if self.error is not None:
-            raise RuntimeError(f"output reader failed: {self.error}") from self.error
-
-
-class LatencyReader(OutputReader):
-    """W3's reader: latencies of W2 (per payment) and W1 (per window) results, and the checks."""
-
-    def __init__(
-        self, bootstrap: str, w1: str, w2: str, partitions: int, isolation: str, capacity: int
-    ) -> None:
-        super().__init__(bootstrap, {w1: partitions, w2: partitions}, isolation)
-        self.w1_topic = w1
-        self.w2_topic = w2
-        self.lat_w1 = array("d")
-        self.lat_w2 = array("d")
-        self.w2_read_at = array("d")  # read time of every W2 record, for the per-second series
-        self.seen = bytearray(capacity)
-        self.w2 = self.w2_dup = self.w2_bad = 0
-        self.w1_rows: list[bytes] = []
-
-    def handle(self, topic: str, ts: int, value: bytes | None, now_ms: float) -> None:
-        if topic == self.w2_topic:
-            self.lat_w2.append(now_ms - ts)
-            self.w2_read_at.append(now_ms)
-            self.w2 += 1
-            v = value or b""
-            i = v.find(b'"payment_id":"p')
-            idx = int(v[i + 15 : i + 24]) if i >= 0 else -1
-            if not 0 <= idx < len(self.seen) or b'"segment":null' in v or b'"segment"' not in v:
-                self.w2_bad += 1
-            elif self.seen[idx]:
-                self.w2_dup += 1
-            else:
-                self.seen[idx] = 1
-        else:
-            self.lat_w1.append(now_ms - (ts + 1))  # a window row's timestamp is window_end - 1
-            self.w1_rows.append(value or b"")
-
-
-def percentiles(values: array[float]) -> dict[str, float]:
-    """p50 / p90 / p99 / p99.9 / max / mean of ``values`` (ms)."""
-    if not values:
-        return {"n": 0}
-    s = sorted(values)
-    n = len(s)
-
-    def q(f: float) -> float:
-        return round(s[min(int(f * n), n - 1)], 1)
-
-    return {
-        "n": n,
-        "p50": q(0.50),
-        "p90": q(0.90),
-        "p99": q(0.99),
-        "p99.9": q(0.999),
-        "max": round(s[-1], 1),
-        "mean": round(statistics.fmean(s), 1),
-    }
-
-
-def p99_per_window(read_at: array[float], lat: array[float], seconds: float) -> list[float]:
-    """p99 latency of the records read in each ``seconds`` of the run (shows drift or stalls)."""
-    if not read_at:
-        return []
-    t0 = read_at[0]
-    buckets: dict[int, list[float]] = {}
-    for t, v in zip(read_at, lat, strict=True):
-        buckets.setdefault(int((t - t0) / 1000 / seconds), []).append(v)
-    out = []
-    for b in sorted(buckets):
-        s = sorted(buckets[b])
-        out.append(round(s[min(int(0.99 * len(s)), len(s) - 1)], 1))
-    return out
-
-
-def check_w1_rows(
-    rows: list[bytes], expected: dict[tuple[str, int], list[Any]], closed_before: int
-) -> tuple[int, int, int, int, list[str]]:
-    """W1 results against the producer's expectation: (dups, wrong, unexpected, missing, details).
-    Every window ending at or before ``closed_before`` must be there."""
-    seen: set[tuple[str, int]] = set()
-    dup = bad = unexpected = 0
-    details: list[str] = []
-    for v in rows:
-        r = json.loads(v)
-        k = (r.get("customer_id"), r.get("window_start"))
-        exp = expected.get(k)  # type: ignore[arg-type]
-        if exp is None:
-            unexpected += 1
-            if len(details) < 5:
-                details.append(f"unexpected W1 result {r}")
-            continue
-        if k in seen:
-            dup += 1
-            if len(details) < 5:
-                details.append(f"duplicate W1 result {r}")
-            continue
-        seen.add(k)  # type: ignore[arg-type]
-        if (
-            r.get("n") != exp[0]
-            or abs(r.get("total", 0) - exp[1]) > 0.006
-            or r.get("window_end") != r["window_start"] + WINDOW_MS
-        ):
-            bad += 1
-            if len(details) < 5:
-                details.append(f"wrong W1 result {r}: expected n={exp[0]} total={exp[1]:.2f}")
-    must = {k for k in expected if k[1] + WINDOW_MS <= closed_before}
-    missing = len(must - seen)
-    if missing and len(details) < 5:
-        details.append(f"{missing} W1 results missing (windows ending by {closed_before})")
-    return dup, bad, unexpected, missing, details
 
 
 def wait_running(running: rs.RunningApp, workers: int, timeout: float = 120.0) -> None:
@@ -546,122 +287,36 @@ def wait_running(running: rs.RunningApp, workers: int, timeout: float = 120.0) -
 
 def latency(ctx: RunContext, *, workers: int, commit_interval_ms: int | None = None) -> Measurement:
     """W3: W1 + W2 in one unbounded app at a fixed input rate; end-to-end latency."""
-    spec = ctx.workload.spec
-    rate = int(ctx.params.get("rate", W3_RATE))
-    duration_s = float(ctx.params.get("duration_s", W3_DURATION_S))
-    linger_ms = int(ctx.params.get("linger_ms", 5))
     interval_ms = commit_interval_ms or ctx.commit_interval_ms
-    in_topic, w1_out, w2_out = f"{ctx.output_topic}.in", f"{ctx.output_topic}.w1", ctx.output_topic
-    parts = spec.partitions
-    Topics(KafkaConfig(brokers=ctx.bootstrap)).ensure({in_topic: parts, w1_out: parts})
-    eos = ctx.guarantee == "exactly_once"
+    topics = W3Topics.create(ctx)
     with (
         tempfile.TemporaryDirectory(prefix="bench-raystream-") as tmp,
         ray_session() as ray_init_s,
     ):
         os.environ["RAYSTREAM_HOME"] = tmp
         app = new_app(ctx, ctx.group_id, Path(tmp) / "checkpoints", commit_interval_ms=interval_ms)
-        stream = app.stream(in_topic, key="customer_id", time="ts")
-        build_w1(app, stream, w1_out)
-        build_w2(app, stream, spec.customers_topic, w2_out)
+        stream = app.stream(topics.input, key="customer_id", time="ts")
+        build_w1(app, stream, topics.w1)
+        build_w2(app, stream, ctx.workload.spec.customers_topic, topics.w2)
         t_call = time.time()
         running = app.start(workers=workers)
-        reader: LatencyReader | None = None
-        proc = None
+        w3 = W3Run(ctx, topics, interval_ms)
         try:
             wait_running(running, workers)
             t_running = time.time()
             pids = running.worker_pids()
-            reader = LatencyReader(
-                ctx.bootstrap,
-                w1_out,
-                w2_out,
-                parts,
-                "read_committed" if eos else "read_uncommitted",
-                capacity=int(rate * (duration_s + 5) * 1.05) + 10_000,
-            )
-            reader.start()
-            mp = multiprocessing.get_context("spawn")
-            parent, child = mp.Pipe(duplex=False)
-            proc = mp.Process(
-                target=paced_producer,
-                args=(ctx.bootstrap, in_topic, rate, duration_s, spec.seed, child, linger_ms),
-                name="bench:w3-producer",
-            )
-            proc.start()
-            child.close()
-            cpu = CpuShares(
-                {
-                    "broker": ctx.params.get("broker_pid"),
-                    "producer": proc.pid,
-                    "bench (reader)": os.getpid(),
-                    **{f"worker {s}": p for s, p in pids.items()},
-                }
-            )
-            if not parent.poll(duration_s + 120):
-                raise TimeoutError("the W3 producer did not finish")
-            produced: dict[str, Any] = parent.recv()
-            shares = cpu.shares()
-            proc.join(10)
-            # Drain: every payment enriched, then a little longer for the last windows.
-            deadline = time.monotonic() + 60
-            while reader.w2 < produced["produced"] and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(2 * interval_ms / 1000 + 0.5)
-            reader.finish()
+            w3.run({f"worker {s}": p for s, p in pids.items()})
             status = running.status()
             hwm = {slot: proc_mib(pid) for slot, pid in pids.items()}
         finally:
-            if proc is not None and proc.is_alive():
-                proc.kill()  # our own child, by its pid
-                proc.join(5)
-            if reader is not None and reader.is_alive():
-                reader.stopping.set()
+            w3.close()
             result = running.stop()
-    n = produced["produced"]
-    seen = sum(reader.seen)
-    dup, bad, unexpected, missing, details = check_w1_rows(
-        reader.w1_rows, produced["w1"], produced["last_ts"] - 1_000
-    )
-    w2_missing = n - seen
-    if w2_missing:
-        details.append(f"{w2_missing} enriched payments missing")
-    if reader.w2_dup or reader.w2_bad:
-        details.append(f"W2: {reader.w2_dup} duplicates, {reader.w2_bad} without a profile")
-    if produced["undelivered"]:
-        details.append(f"the producer lost {produced['undelivered']} records")
-    ok = (
-        not (dup or bad or unexpected or missing or w2_missing or reader.w2_dup or reader.w2_bad)
-        and not produced["undelivered"]
-    )
-    verification = Verification(
-        ok,
-        expected=n,
-        read=reader.count,
-        missing=missing + w2_missing,
-        duplicates=dup + reader.w2_dup,
-        unexpected=unexpected,
-        mismatched=bad + reader.w2_bad,
-        details=details,
-    )
     rss = [v for v in hwm.values() if v is not None]
     reports = worker_reports(status)
-    return Measurement(
-        records_in=n,
-        records_out=reader.count,
+    return w3.measurement(
         startup_s=ray_init_s + (t_running - t_call),
-        duration_s=produced["seconds"],
         peak_rss_mib=max(rss) if rss else None,
-        verification=verification,
         extra={
-            "rate_target": rate,
-            "commit_interval_ms": interval_ms,
-            "producer_linger_ms": linger_ms,
-            "cpu_percent_of_one_core": shares,
-            "latency_w2_ms": percentiles(reader.lat_w2),
-            "latency_w1_ms": percentiles(reader.lat_w1),
-            "w2_p99_per_10s_ms": p99_per_window(reader.w2_read_at, reader.lat_w2, 10.0),
-            "w1_results": len(reader.w1_rows),
             "ray_init_s": round(ray_init_s, 3),
             "worker_peak_rss_mib": {s: round(v, 1) for s, v in hwm.items() if v is not None},
             "epochs": max((r["epoch"] for r in reports.values()), default=0),
@@ -672,14 +327,15 @@ def latency(ctx: RunContext, *, workers: int, commit_interval_ms: int | None = N
 
 
 for _tag, _guarantee in GUARANTEES:
-    register(
-        f"raystream.w3.{_tag}.2w",
-        kind="w3",
-        guarantee=_guarantee,  # type: ignore[arg-type]
-        system="raystream",
-        workers=2,
-        check_offsets=False,
-    )(functools.partial(latency, workers=2))
+    for _workers in (1, 2):
+        register(
+            f"raystream.w3.{_tag}.{_workers}w",
+            kind="w3",
+            guarantee=_guarantee,  # type: ignore[arg-type]
+            system="raystream",
+            workers=_workers,
+            check_offsets=False,
+        )(functools.partial(latency, workers=_workers))
 register(
     "raystream.w3.eos.2w.ci50",
     kind="w3",

@@ -42,7 +42,7 @@ from raystream.config import KafkaConfig
 from raystream.dev.broker import EmbeddedBroker
 
 #: Modules whose import registers benchmarks (add more with ``--module``).
-MODULES = ("bench.baseline", "bench.raystream_runs")
+MODULES = ("bench.baseline", "bench.baseline_w3", "bench.raystream_runs")
 #: A single run taking longer than this is stopped and reported as failed.
 RUN_TIMEOUT_S = 900.0
 
