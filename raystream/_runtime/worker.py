@@ -30,6 +30,7 @@ from raystream._kafka import headers as hdr
 from raystream._kafka.admin import end_offsets, wait_committed
 from raystream._kafka.clients import consumer as make_consumer
 from raystream._runtime.checkpointing import TaskCheckpointer
+from raystream._runtime.collector import CheckpointCollector
 from raystream._runtime.epochs import count_partitions, epochs_topic, marker_partitions
 from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.output import OutputSink
@@ -161,6 +162,7 @@ class Worker:
         self._confirmed: dict[tuple[str, int], int] = {}
         self._confirmed_checked: dict[tuple[str, int], int] = {}
         self._last_report = 0.0
+        self._collector = CheckpointCollector(f"raystream-gc-{slot}")
         self._thread = threading.Thread(
             target=self._main, name=f"raystream-worker-{slot}", daemon=True
         )
@@ -625,8 +627,11 @@ class Worker:
                 and now - t.gc_at >= _GC_MIN_S
             ):
                 t.gc_at = now
-                t.checkpointer.store.gc(
-                    str(t.runner.task), t.checkpointer.head.ref, self.runtime.checkpoint_retain
+                self._collector.submit(
+                    t.checkpointer.store,
+                    str(t.runner.task),
+                    t.checkpointer.head.ref,
+                    self.runtime.checkpoint_retain,
                 )
         if now - self._last_report >= _REPORT_EVERY_S:
             self._last_report = now
