@@ -189,12 +189,78 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"n": len(v), "p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": float(v[-1])}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    import ray
+class RaystreamSystem:
+    """The saga app (``order-processing``'s topology) and the services app, on a local Ray."""
 
-    import raystream as rs
-    from jobs import order_services
-    from jobs.order_processing import OrderTopics, build, ensure_topics
+    def __init__(self, args: argparse.Namespace, bootstrap: str, prefix: str, spec: OrdersSpec):
+        import ray
+
+        import raystream as rs
+        from jobs import order_services
+        from jobs.order_processing import OrderTopics, build, ensure_topics
+
+        ray.init(
+            address=args.ray_address,
+            num_cpus=args.num_cpus,
+            include_dashboard=False,
+            namespace="raystream",
+            log_to_driver=False,
+        )
+        topics = OrderTopics(prefix)
+        settings: dict[str, Any] = {
+            "brokers": bootstrap,
+            "checkpoints": (Path(args.workdir) / f"{prefix}ck").resolve().as_uri(),
+            "commit_interval_ms": args.commit_interval_ms,
+            "poll_timeout_ms": args.poll_timeout_ms,
+            "consumer_config": {"fetch.wait.max.ms": args.fetch_wait_ms},
+            "producer_config": {"linger.ms": args.linger_ms},
+            "view_refresh_ms": args.view_refresh_ms,
+            "checkpoint_compact_every": args.compact_every,
+            "metrics_port": 0,  # scraped at the end: commit and epoch durations per worker
+            "overlap_commits": args.overlap_commits,
+            "commit_when_caught_up": args.commit_when_caught_up,
+        }
+        saga = rs.App(f"{prefix}orders", **{**settings, "guarantee": args.guarantee})
+        build(saga, topics, shipping_timeout_ms=spec.shipping_timeout_ms)
+        ensure_topics(saga.kafka_config(), topics)
+        services = rs.App(f"{prefix}services", **{**settings, "guarantee": args.services_guarantee})
+        order_services.build(services, spec, topics)
+        self.helpers = services.start(workers=args.service_workers)
+        self.running = saga.start(workers=args.workers)
+
+    def wait_running(self) -> None:
+        """Until every worker is past recovery and table loading."""
+        for app_run in (self.running, self.helpers):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                states = [w["state"] for w in app_run.status()["workers"].values()]
+                if states and all(s == "running" for s in states):
+                    break
+                time.sleep(0.2)
+
+    def timings(self) -> dict[str, Any]:
+        """Commit and epoch durations per worker, from each app's metrics."""
+        return {
+            "saga": epoch_timings(self.running.status().get("metrics_url")),
+            "services": epoch_timings(self.helpers.status().get("metrics_url")),
+        }
+
+    def stop(self) -> dict[str, Any]:
+        """Stop both apps and Ray; what each processed."""
+        import ray
+
+        try:
+            saga, services = self.running.stop(), self.helpers.stop()
+        finally:
+            ray.shutdown()
+        return {
+            name: {"state": r.state, "in": r.records_in, "dead_letters": r.dead_letters}
+            for name, r in (("saga", saga), ("services", services))
+        }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from jobs.order_processing import OrderTopics
     from raystream._kafka.admin import Topics
     from raystream.config import KafkaConfig
     from raystream.dev.broker import EmbeddedBroker
@@ -202,38 +268,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     broker = None if args.bootstrap else EmbeddedBroker().start()
     bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
-    ray.init(
-        address=args.ray_address,
-        num_cpus=args.num_cpus,
-        include_dashboard=False,
-        namespace="raystream",
-        log_to_driver=False,
-    )
     count = int(args.rate / 60.0 * args.duration)
     spec = OrdersSpec(count=count, seed=args.seed, shipping_timeout_ms=args.shipping_timeout_ms)
     prefix = f"bench{int(time.time())}."
     topics = OrderTopics(prefix)
     Topics(KafkaConfig(bootstrap)).ensure({topics.inbox: args.partitions})
-    settings: dict[str, Any] = {
-        "brokers": bootstrap,
-        "checkpoints": (Path(args.workdir) / f"{prefix}ck").resolve().as_uri(),
-        "commit_interval_ms": args.commit_interval_ms,
-        "poll_timeout_ms": args.poll_timeout_ms,
-        "consumer_config": {"fetch.wait.max.ms": args.fetch_wait_ms},
-        "producer_config": {"linger.ms": args.linger_ms},
-        "view_refresh_ms": args.view_refresh_ms,
-        "checkpoint_compact_every": args.compact_every,
-        "metrics_port": 0,  # scraped at the end: commit and epoch durations per worker
-        "overlap_commits": args.overlap_commits,
-        "commit_when_caught_up": args.commit_when_caught_up,
-    }
-    saga = rs.App(f"{prefix}orders", **{**settings, "guarantee": args.guarantee})
-    build(saga, topics, shipping_timeout_ms=spec.shipping_timeout_ms)
-    ensure_topics(saga.kafka_config(), topics)
-    services = rs.App(f"{prefix}services", **{**settings, "guarantee": args.services_guarantee})
-    order_services.build(services, spec, topics)
-    helpers = services.start(workers=args.service_workers)
-    running = saga.start(workers=args.workers)
+    system: Any = None
     arrivals = Arrivals()
     stop = threading.Event()
     reader = threading.Thread(
@@ -241,15 +281,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args=(bootstrap, topics.events, args.partitions, arrivals, stop),
         daemon=True,
     )
-    reader.start()
     try:
-        for app_run in (running, helpers):  # every worker past recovery and table loading
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                states = [w["state"] for w in app_run.status()["workers"].values()]
-                if states and all(s == "running" for s in states):
-                    break
-                time.sleep(0.2)
+        if args.system == "loop":
+            from bench.orders_loop import LoopSystem
+
+            system = LoopSystem(args, bootstrap, topics, spec)
+        else:
+            system = RaystreamSystem(args, bootstrap, prefix, spec)
+        reader.start()
+        system.wait_running()
         load = os.getloadavg()[0]
         started = time.monotonic()
         published = publish_orders(
@@ -273,16 +313,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wrong_ids = {o for o in arrivals.seen if not right_outcome(o, spec, arrivals)}
         odd = odd[:3] + [o for o in arrivals.seen if o in wrong_ids][:3]
         odd_trace = trace_orders(bootstrap, prefix, odd)
-        timings = {
-            "saga": epoch_timings(running.status().get("metrics_url")),
-            "services": epoch_timings(helpers.status().get("metrics_url")),
-        }
+        timings = system.timings()
     finally:
         stop.set()
-        reader.join(10)
-        saga_result = running.stop()
-        services_result = helpers.stop()
-        ray.shutdown()
+        if reader.is_alive():
+            reader.join(10)
+        apps = system.stop() if system is not None else {}
         if broker is not None:
             broker.stop()
 
@@ -341,6 +377,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "broker": "external" if args.bootstrap else "embedded (Tansu)",
         },
         "config": {
+            "system": args.system,
             "rate_per_min": args.rate,
             "duration_s": args.duration,
             "partitions": args.partitions,
@@ -378,23 +415,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "minus_injected_wait_by_10s": {f"{t}s": percentiles(v) for t, v in by_time.items()},
         "epochs": timings,
-        "apps": {
-            "saga": {
-                "state": saga_result.state,
-                "in": saga_result.records_in,
-                "dead_letters": saga_result.dead_letters,
-            },
-            "services": {
-                "state": services_result.state,
-                "in": services_result.records_in,
-                "dead_letters": services_result.dead_letters,
-            },
-        },
+        "apps": apps,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--system",
+        default="raystream",
+        choices=["raystream", "loop"],
+        help="the raystream apps, or the hand-written loops of bench/orders_loop.py",
+    )
     parser.add_argument("--rate", type=float, default=10_000, help="orders per minute")
     parser.add_argument("--duration", type=float, default=60, help="seconds of orders")
     parser.add_argument("--partitions", type=int, default=2)
