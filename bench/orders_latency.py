@@ -3,6 +3,7 @@ per minute, sub-second).
 
     python -m bench.orders_latency                       # 10,000 orders/min for 60 s
     python -m bench.orders_latency --rate 20000 --duration 120 --out bench/results/x.json
+    python -m bench.orders_latency --system loop          # the same flow as hand-written loops
 
 Starts an embedded broker (or uses ``--bootstrap``) and a local Ray, runs ``order-processing``
 (the saga and the ``orders`` projection) and its simulated services, exactly-once, then writes
@@ -11,6 +12,9 @@ produced. A read_committed consumer of ``order.events`` notes when each order's 
 (OrderCompleted / OrderCancelled) becomes readable; latency = that moment - the order's ``ts``
 (carried in every event as ``created_ts``). Every order's terminal state is checked against its
 fate; a run with a wrong or missing order fails (exit status 1).
+
+``--system loop`` runs the saga and the services as the simplest confluent-kafka loops instead
+(``bench/orders_loop.py``), with the same settings, publisher, reader and checks.
 
 Latency includes the waits the simulated shipping service injects (its fated delay, and for
 "timeout" fates the saga's timeout), so figures are given per path: ``no_shipping_wait`` (orders
@@ -192,7 +196,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
 class RaystreamSystem:
     """The saga app (``order-processing``'s topology) and the services app, on a local Ray."""
 
-    def __init__(self, args: argparse.Namespace, bootstrap: str, prefix: str, spec: OrdersSpec):
+    def __init__(
+        self, args: argparse.Namespace, bootstrap: str, prefix: str, spec: OrdersSpec
+    ) -> None:
         import ray
 
         import raystream as rs
