@@ -36,6 +36,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from jobs.order_services import LOW_LATENCY
 from raystream.generate.orders import OrdersSpec, expected_outcome, fate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -438,7 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="saga workers")
     parser.add_argument("--service-workers", type=int, default=1)
-    parser.add_argument("--commit-interval-ms", type=int, default=50, help="epoch length")
+    parser.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        default=LOW_LATENCY["commit_interval_ms"],
+        help="epoch length (default: the jobs' LOW_LATENCY tuning)",
+    )
     parser.add_argument("--poll-timeout-ms", type=int, default=10, help="worker poll wait")
     parser.add_argument("--fetch-wait-ms", type=int, default=25, help="fetch.wait.max.ms")
     parser.add_argument("--linger-ms", type=int, default=5, help="the apps' producer linger.ms")

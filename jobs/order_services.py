@@ -128,9 +128,12 @@ def spec_from(args: argparse.Namespace) -> OrdersSpec:
 #: Order handling is latency-bound (each saga step waits for the writer's epoch to commit):
 #: short epochs and short fetch waits, as bench/orders_latency.py measures them. The embedded
 #: broker answers a fetch only when its wait is over, and each fetch costs it CPU: 25 ms took
-#: 6% of a core less than 10 ms there (68-69% against 74-75%) with no latency lost.
+#: 6% of a core less than 10 ms there (68-69% against 74-75%) with no latency lost. Epochs of
+#: 100 ms, not 50: every transaction leaves the broker more to list on each fetch, and over a
+#: minute at 10,000 orders/min 50 ms epochs made it slower and the latency higher (p50 739-854
+#: against 632-744 ms, alternating runs; bench/README.md, 2026-12-07).
 LOW_LATENCY: dict[str, Any] = {
-    "commit_interval_ms": 50,
+    "commit_interval_ms": 100,
     "poll_timeout_ms": 10,
     "consumer_config": {"fetch.wait.max.ms": 25},
     # Overlapped commits buy throughput; at this job's light load they made each hop's commit
