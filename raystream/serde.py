@@ -127,7 +127,7 @@ class JSON(Serde):
     def _decode_fast(self, values: Sequence[bytes | None]) -> Decoded | None:
         # One pyarrow.json call for the whole batch; any irregular value sends us to the slow path,
         # which finds exactly which values are bad.
-        if any(v is None or not v for v in values):
+        if not all(values):  # a None or an empty value
             return None
         buf = b"\n".join(values)  # type: ignore[arg-type]
         if buf.count(b"\n") != len(values) - 1:

@@ -104,7 +104,9 @@ class TaskRunner:
         self.sinks: dict[int, SinkSpec] = {}
         self.operators: dict[int, Operator] = {}
         self._current: Incoming | None = None
-        self._raw_index: dict[int, int] = {}
+        #: offset -> index in the batch being processed, built when a failure needs it.
+        self._raw_index: dict[int, int] | None = None
+        self._raw: Incoming | None = None
         self._clock_ms = clock_ms
         #: Largest event time seen by this task, and when (processing time) input last came.
         self.max_event_time: int | None = None
@@ -146,8 +148,8 @@ class TaskRunner:
         """Decode and run one partition's fetched records through the operators."""
         if incoming.partition < 0:
             incoming.partition = self.task.partition
-        self._current = incoming
-        self._raw_index = {off: i for i, off in enumerate(incoming.offsets)}
+        self._current = self._raw = incoming
+        self._raw_index = None
         started = time.perf_counter()
         log_token = bind_task(self._task_name)
         try:
@@ -165,7 +167,7 @@ class TaskRunner:
                         self.max_event_time = top
                     self._emit(node, [batch])
         finally:
-            self._current = None
+            self._current = self._raw = None
             unbind_task(log_token)
             self.counters.batch_seconds.append(time.perf_counter() - started)
 
@@ -227,7 +229,8 @@ class TaskRunner:
             self._dead_letter(inc.topic, i, "decode", err)
         good = decoded.good
         data = decoded.data
-        offsets = pa.array([inc.offsets[i] for i in good], pa.int64())
+        every = len(good) == len(inc.offsets)  # good: distinct indices, ascending
+        offsets = pa.array(inc.offsets if every else [inc.offsets[i] for i in good], pa.int64())
         if spec.key_field is not None:
             if spec.key_field not in data.schema.names:
                 keys = pa.nulls(len(good))
@@ -362,8 +365,9 @@ class TaskRunner:
         offset = batch.offsets[i].as_py()
         failure = RecordFailure.from_exception(sink, exc, offset)
         inc = self._current
-        if inc is not None and offset is not None and offset in self._raw_index:
-            self._write_dead_letter(inc, self._raw_index[offset], failure)
+        index = self._index_of(offset)
+        if inc is not None and index is not None:
+            self._write_dead_letter(inc, index, failure)
             return
         topic = next(iter(self.sources), "?")
         derived = Incoming(
@@ -378,7 +382,8 @@ class TaskRunner:
 
     def _on_failure(self, failure: RecordFailure) -> None:
         inc = self._current
-        if inc is None or failure.offset is None or failure.offset not in self._raw_index:
+        index = self._index_of(failure.offset)
+        if inc is None or index is None:
             log.error(
                 "task %s: %s failed outside a fetched record: %s",
                 self.task,
@@ -386,7 +391,15 @@ class TaskRunner:
                 failure.message,
             )
             return
-        self._write_dead_letter(inc, self._raw_index[failure.offset], failure)
+        self._write_dead_letter(inc, index, failure)
+
+    def _index_of(self, offset: int | None) -> int | None:
+        """Where the record at ``offset`` is in the batch being processed (None: not in it)."""
+        if offset is None or self._raw is None:
+            return None
+        if self._raw_index is None:
+            self._raw_index = {off: i for i, off in enumerate(self._raw.offsets)}
+        return self._raw_index.get(offset)
 
     def _dead_letter(self, topic: str, index: int, operator: str, err: Exception) -> None:
         assert self._current is not None
