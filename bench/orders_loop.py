@@ -159,7 +159,9 @@ def run_loop(
                 keys.extend([key] * (len(emits) - len(keys)))
                 counts["timers"] += 1
             for (to, value, ts), key in zip(emits, keys, strict=True):
-                producer.produce(routes[to], dumps(value).encode(), key.encode(), timestamp=ts)
+                producer.produce(
+                    routes[to], dumps(value).encode(), key.encode(), -1, None, None, ts
+                )
             counts["emitted"] += len(emits)
             producer.poll(0)
             if time.monotonic() - last_commit >= interval:
