@@ -80,7 +80,9 @@ class RuntimeConfig:
     poll_timeout_ms: int = 50
     #: Partitions given to output topics raystream creates (None: as many as the source topic).
     default_partitions: int | None = None
-    #: Where to start a partition that has no committed offset: "earliest" or "latest".
+    #: Where to start a partition that has no committed offset: "earliest" or "latest". (A
+    #: position that falls outside the log, e.g. deleted by retention, always moves to the
+    #: oldest record kept: see raystream._kafka.clients.consumer_config.)
     auto_offset_reset: str = "earliest"
     #: CPUs reserved per worker actor (fractional so several fit on one node).
     worker_num_cpus: float = 0.25

@@ -15,6 +15,11 @@ log = logging.getLogger("raystream.kafka")
 
 def consumer(cfg: KafkaConfig, group_id: str, **extra: Any) -> Consumer:
     """A consumer for manual ``assign()`` (never ``subscribe()``: see BROKER.md quirk 1)."""
+    return Consumer(consumer_config(cfg, group_id, **extra))
+
+
+def consumer_config(cfg: KafkaConfig, group_id: str, **extra: Any) -> dict[str, Any]:
+    """The settings of :func:`consumer`: raystream's, then ``extra``, then ``cfg.consumer``."""
     conf: dict[str, Any] = {
         "bootstrap.servers": cfg.brokers,
         "group.id": group_id,
@@ -24,12 +29,19 @@ def consumer(cfg: KafkaConfig, group_id: str, **extra: Any) -> Consumer:
         "isolation.level": "read_committed",
         "fetch.wait.max.ms": 50,
         "queued.min.messages": 100_000,
+        # Positions are always assigned explicitly (RuntimeConfig.auto_offset_reset picks them
+        # for partitions without a committed offset), so this only decides where a position
+        # outside the log goes. "Earliest" is the least loss: offset 0 on a topic whose head
+        # retention deleted (a stream from the start, a table's bootstrap, a dead-letter read)
+        # starts at the oldest record kept, where librdkafka's default ("largest") would skip
+        # every record kept.
+        "auto.offset.reset": "earliest",
         "log_level": 3,
         "logger": log,
     }
     conf.update(extra)
     conf.update(cfg.consumer)
-    return Consumer(conf)
+    return conf
 
 
 def producer(cfg: KafkaConfig, on_delivery_error: Any = None, **extra: Any) -> Producer:
