@@ -32,6 +32,7 @@ from raystream._kafka.clients import consumer as make_consumer
 from raystream._runtime.checkpointing import TaskCheckpointer
 from raystream._runtime.collector import CheckpointCollector
 from raystream._runtime.epochs import count_partitions, epochs_topic, marker_partitions
+from raystream._runtime.gaps import GapAudit, broker_may_pass_over
 from raystream._runtime.messages import Assignment, WorkerReport
 from raystream._runtime.output import OutputSink
 from raystream._runtime.pipeline import PipelinedOutput
@@ -150,6 +151,8 @@ class Worker:
         self._seq_lock = threading.Lock()
         #: The epoch whose commit runs in the background (overlapped commits), if any.
         self._unconfirmed: _Epoch | None = None
+        #: This attempt's guard against records the broker let the consumer pass over.
+        self._audit: GapAudit | None = None
         #: Tasks of a bounded run whose every output is committed (reported as done_tasks).
         self._done: set[str] = set()
         #: The attempt's counts as of its last confirmed epoch (what reports carry).
@@ -289,9 +292,11 @@ class Worker:
         self._confirmed, self._confirmed_checked = {}, {}
         out = self._output(exactly_once)
         consumer = make_consumer(self.kafka, group_id=self.app, **self.metrics.client_config())
+        self._audit = None
         try:
             with self._waiting_on_kafka("starting the attempt"):
                 started = time.monotonic()
+                self._audit = self._gap_audit(consumer)
                 if exactly_once:
                     out.start_transactions()
                 fenced = time.monotonic()
@@ -357,11 +362,11 @@ class Worker:
                 wait = min(poll_wait, last_commit + interval - time.monotonic())
                 msgs = _fetch(consumer, self.runtime.max_batch_records, 0 if owed else wait)
                 if msgs:
-                    _dispatch(msgs, routes, positions, global_positions)
+                    _dispatch(msgs, routes, positions, global_positions, self._audit)
                     out.poll()
                     owed = eager
                 elif ends is not None:
-                    _skip_control_records(consumer, positions)
+                    _skip_control_records(consumer, positions, self._audit)
                 for r in runners:
                     if idle_timeout is not None:
                         r.check_idle(idle_timeout)
@@ -382,8 +387,22 @@ class Worker:
             raise
         finally:
             consumer.close()
+            if self._audit is not None:
+                self._audit.close()
             if isinstance(out, PipelinedOutput):
                 out.close()
+
+    def _gap_audit(self, consumer: Consumer) -> GapAudit | None:
+        """The guard against records the broker lets the consumer pass over, when it is on
+        (``RuntimeConfig.check_gaps``; by default on Tansu only)."""
+        on = self.runtime.check_gaps
+        if on is None:
+            on = broker_may_pass_over(consumer)
+        if not on:
+            return None
+        return GapAudit(
+            lambda: make_consumer(self.kafka, group_id=self.app, **{"fetch.wait.max.ms": 5})
+        )
 
     def _output(self, exactly_once: bool) -> Output:
         """The attempt's producer(s): one at-least-once; in exactly-once mode one transactional
@@ -539,9 +558,9 @@ class Worker:
                 self.runtime.max_batch_records, self.runtime.poll_timeout_ms / 1000.0
             )
             if msgs:
-                _dispatch(msgs, routes, positions, global_positions)
+                _dispatch(msgs, routes, positions, global_positions, self._audit)
             else:
-                _skip_control_records(consumer, positions)
+                _skip_control_records(consumer, positions, self._audit)
                 _skip_control_records(consumer, global_positions)
         log.info(
             "worker %d: loaded %d table partition(s) in %.2fs",
@@ -656,6 +675,10 @@ class Worker:
         to commit is never read (recovery loads the epoch Kafka committed). The tasks' epoch
         numbers advance here, when the epoch ends (the next epoch's outputs name the next
         number), even if the commit is confirmed later."""
+        if self._audit is not None:
+            # Before anything of the epoch is written: a record the broker let the consumer
+            # pass over fails the attempt here, and the next reads again from the last commit.
+            self._audit.check()
         topic = epochs_topic(self.app)
         offsets: list[TopicPartition] = []
         written: list[_Task] = []
@@ -864,13 +887,17 @@ def _dispatch(
     routes: dict[tuple[str, int], list[TaskRunner]],
     positions: dict[tuple[str, int], int],
     global_positions: dict[tuple[str, int], int],
+    audit: GapAudit | None = None,
 ) -> None:
-    """Run fetched messages through the tasks they feed; advance the positions."""
+    """Run fetched messages through the tasks they feed; advance the positions (noting the
+    offsets skipped on the way in ``audit``, when given)."""
     for tp, incoming in _group(msgs).items():
         for runner in routes[tp]:
             runner.process(incoming)
         nxt = incoming.offsets[-1] + 1
         if tp in positions:
+            if audit is not None:
+                audit.note(tp, positions[tp], incoming.offsets)
             positions[tp] = nxt
         else:
             global_positions[tp] = nxt
@@ -898,13 +925,18 @@ def _tp_name(tp: tuple[str, int]) -> str:
     return f"{tp[0]}[{tp[1]}]"
 
 
-def _skip_control_records(consumer: Consumer, positions: dict[tuple[str, int], int]) -> None:
+def _skip_control_records(
+    consumer: Consumer, positions: dict[tuple[str, int], int], audit: GapAudit | None = None
+) -> None:
     """Move positions past transaction markers: nothing is pending, so the consumer's own position
-    (which steps over control records) is where processing stands."""
+    (which steps over control records) is where processing stands. (``audit`` notes the offsets
+    stepped over: a broker that passed over a batch would hide it here too.)"""
     tps = [TopicPartition(t, p) for t, p in positions]
     for tp in consumer.position(tps):
         key = (tp.topic, tp.partition)
         if tp.offset > positions[key]:
+            if audit is not None:
+                audit.note_jump(key, positions[key], tp.offset)
             positions[key] = tp.offset
 
 
