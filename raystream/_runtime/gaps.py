@@ -26,6 +26,9 @@ from confluent_kafka import Consumer, TopicPartition
 from raystream.errors import KafkaError
 
 TP = tuple[str, int]
+#: How old a gap must be before it is read again: the broker stores a batch within
+#: milliseconds of numbering it, so a batch a consumer passed over is in the log by then.
+SETTLE_S = 0.01
 #: Cluster ids that name a Tansu broker (its default is "tansu_cluster").
 _TANSU = "tansu"
 
@@ -58,13 +61,20 @@ def note_gaps(start: int, offsets: list[int], gaps: list[tuple[int, int]]) -> No
 
 
 class GapAudit:
-    """The gaps a worker's consumer was handed since the last check, and the check itself."""
+    """The gaps a worker's consumer was handed since the last check, and the check itself.
+
+    (Reading gaps back on a thread while the loop went on was tried: the last gaps of an epoch
+    are always fresh when it ends, so the commit still waited, and reading back every few
+    milliseconds cost the broker more fetches than one read per epoch.)"""
 
     def __init__(self, make_consumer: Callable[[], Consumer], timeout_s: float = 30.0) -> None:
         self._make = make_consumer
         self._consumer: Consumer | None = None
         self.timeout_s = timeout_s
+        #: Gaps noted and not read again yet, per partition.
         self.gaps: dict[TP, list[tuple[int, int]]] = {}
+        self._noted_at = 0.0
+        self._error: KafkaError | None = None
         #: Gaps read again, and records found in them (over the audit's life).
         self.checked = 0
         self.found = 0
@@ -73,17 +83,39 @@ class GapAudit:
         """Record the gaps in ``offsets`` handed over for ``tp`` after position ``start``."""
         if offsets and offsets[-1] - start == len(offsets) - 1:
             return  # nothing skipped (checked here too: this runs for every fetched batch)
-        note_gaps(start, offsets, self.gaps.setdefault(tp, []))
+        gaps = self.gaps.setdefault(tp, [])
+        before = len(gaps)
+        note_gaps(start, offsets, gaps)
+        if len(gaps) > before:
+            self._noted_at = time.monotonic()
 
     def note_jump(self, tp: TP, start: int, end: int) -> None:
         """A position moved from ``start`` to ``end`` without any record handed over."""
         if end > start:
             self.gaps.setdefault(tp, []).append((start, end))
+            self._noted_at = time.monotonic()
 
     def check(self) -> None:
-        """Read every noted gap again; raise :class:`PassedOverError` if one holds a record.
-        Clears the gaps when none does."""
+        """Read every noted gap again; raise :class:`PassedOverError` if one holds a record (and
+        keep raising it: the attempt is over). Clears the gaps when none does."""
+        if self._error is not None:
+            raise self._error
         gaps = {tp: g for tp, g in self.gaps.items() if g}
+        if not gaps:
+            return
+        # A batch the broker was still storing when the consumer passed it is stored within
+        # milliseconds: let the newest gap be SETTLE_S old before reading it.
+        time.sleep(max(0.0, self._noted_at + SETTLE_S - time.monotonic()))
+        try:
+            self._read_back(gaps)
+        except KafkaError as exc:
+            self._error = exc
+            raise
+        self.gaps.clear()
+
+    def _read_back(self, gaps: dict[TP, list[tuple[int, int]]]) -> None:
+        """Read ``gaps`` again; raise :class:`PassedOverError` if one holds a record."""
+        gaps = {tp: g for tp, g in gaps.items() if g}
         if not gaps:
             return
         if self._consumer is None:
@@ -101,7 +133,13 @@ class GapAudit:
                         f"could not read back {len(left)} partition(s) to check the offsets "
                         f"the broker skipped (e.g. {sorted(left)[0]}) within {self.timeout_s}s"
                     )
-                for m in c.consume(10_000, 0.05):
+                # What is ready now, else the first record within 5 ms: consume(n, t) alone
+                # would wait out t for n records.
+                msgs = c.consume(10_000, 0)
+                if not msgs:
+                    first = c.poll(0.005)
+                    msgs = [first] if first is not None else []
+                for m in msgs:
                     if m.error() is not None:
                         continue
                     tp = (str(m.topic()), int(m.partition() or 0))
@@ -124,7 +162,6 @@ class GapAudit:
                 "one. A known fault of the embedded broker (Tansu) when several producers write "
                 "one partition at once; Apache Kafka does not do this."
             )
-        self.gaps.clear()
 
     def close(self) -> None:
         if self._consumer is not None:

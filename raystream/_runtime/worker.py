@@ -675,10 +675,6 @@ class Worker:
         to commit is never read (recovery loads the epoch Kafka committed). The tasks' epoch
         numbers advance here, when the epoch ends (the next epoch's outputs name the next
         number), even if the commit is confirmed later."""
-        if self._audit is not None:
-            # Before anything of the epoch is written: a record the broker let the consumer
-            # pass over fails the attempt here, and the next reads again from the last commit.
-            self._audit.check()
         topic = epochs_topic(self.app)
         offsets: list[TopicPartition] = []
         written: list[_Task] = []
@@ -703,6 +699,11 @@ class Worker:
             ]
             offsets += [TopicPartition(tp[0], tp[1], o) for tp, o in now.items() if o > 0]
             written.append(t)
+        if self._audit is not None:
+            # A record the broker let the consumer pass over fails the attempt here, before
+            # the commit (this epoch's checkpoints are then never read: see above), and the
+            # next attempt reads again from the last commit.
+            self._audit.check()
         out.flush()
         if offsets:
             if out.transactional:
