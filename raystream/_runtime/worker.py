@@ -69,6 +69,11 @@ BROKER_SILENT_S = 5.0
 #: In exactly-once mode, check this often that the commits confirmed by the previous check read
 #: back (see Worker._make_readable).
 _READABLE_CHECK_S = 1.0
+#: Waits before a failed attempt is retried: the first, the most, and how long an attempt must
+#: have run for its failure to start again from the first wait.
+_FIRST_BACKOFF_S = 0.5
+_MAX_BACKOFF_S = 10.0
+_HEALTHY_ATTEMPT_S = 60.0
 _OFFSET_BEGINNING = -2
 _OFFSET_END = -1
 
@@ -219,8 +224,9 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------
     def _main(self) -> None:
         logcontext.bind(app=self.app, worker=self.slot)
-        backoff = 0.5
+        backoff = _FIRST_BACKOFF_S
         while not self._stop.is_set():
+            began = time.monotonic()
             try:
                 assignment: Assignment = ray.get(self.coordinator.assignment.remote(self.slot))
                 done = self._run(assignment)
@@ -242,8 +248,9 @@ class Worker:
             except Exception as exc:  # a broker outage, a failed delivery: retry from committed
                 self.metrics.retrying()
                 self._fail(exc, fatal=False)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                wait = _retry_wait(backoff, time.monotonic() - began)
+                self._stop.wait(wait)
+                backoff = min(wait * 2, _MAX_BACKOFF_S)
 
     def _fail(self, exc: BaseException, fatal: bool) -> None:
         log.error("worker %d: %s", self.slot, "".join(traceback.format_exception(exc)))
@@ -840,6 +847,14 @@ def _commit_offsets(consumer: Consumer, offsets: list[TopicPartition]) -> None:
         consumer.commit(offsets=offsets, asynchronous=False)
     except _RdKafkaException as exc:
         raise RaystreamError(f"offset commit failed: {exc}") from exc
+
+
+def _retry_wait(backoff: float, ran_s: float) -> float:
+    """The wait before the next attempt: ``backoff`` (doubled after every failure, up to
+    _MAX_BACKOFF_S), or the first wait again after an attempt that ran a while: a rare error
+    (say a batch the embedded broker let the consumer pass over) must not cost the longest
+    wait for ever after."""
+    return _FIRST_BACKOFF_S if ran_s >= _HEALTHY_ATTEMPT_S else backoff
 
 
 def _counted(t: _Task) -> tuple[int, int, int]:
