@@ -82,8 +82,8 @@ class RuntimeConfig:
     default_partitions: int | None = None
     #: Before an epoch commits, read again the offsets the broker skipped in what it handed
     #: the worker, and start the epoch again from the last commit if a record was there: a
-    #: guard against brokers that let a consumer pass over a batch (Tansu, the
-    #: embedded broker, when several producers write one partition at once; see
+    #: guard against brokers that let a consumer pass over a batch (Tansu, the embedded
+    #: broker, when several producers write one partition at once; see
     #: raystream._runtime.gaps). None: on when the broker is Tansu (by its cluster id).
     check_gaps: bool | None = None
     #: Where to start a partition that has no committed offset: "earliest" or "latest". (A
