@@ -30,7 +30,7 @@ from bench.cpu import CpuShares
 from bench.registry import Measurement, RunContext, Verification
 from bench.workload import WINDOW_MS
 from raystream._kafka.admin import Topics
-from raystream._runtime.worker import _fetch
+from raystream._kafka.fetch import fetch_ready
 from raystream.config import KafkaConfig
 from raystream.generate.payments import PaymentsSpec, payments
 
@@ -145,7 +145,7 @@ class OutputReader(threading.Thread):
         c = self.consumer
         try:
             while not self.stopping.is_set():
-                batch = _fetch(c, 10_000, 0.1)  # returns as soon as a record is readable
+                batch = fetch_ready(c, 10_000, 0.1)  # returns as soon as a record is readable
                 if not batch:
                     continue
                 now_ms = time.time() * 1000.0

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, TopicPartition
 
+from raystream._kafka.fetch import fetch_ready
 from raystream.errors import KafkaError
 
 TP = tuple[str, int]
@@ -37,10 +38,11 @@ class PassedOverError(KafkaError):
     """The broker let this worker's consumer skip records that are in the log."""
 
 
-def broker_may_pass_over(consumer: Consumer, timeout: float = 10.0) -> bool:
+def broker_may_pass_over(consumer: Consumer, topic: str, timeout: float = 10.0) -> bool:
     """Whether the broker is one known to hand consumers gaps that hide records: Tansu,
-    recognised by its cluster id (``RuntimeConfig.check_gaps`` overrides the guess)."""
-    cluster_id = consumer.list_topics(timeout=timeout).cluster_id or ""
+    recognised by its cluster id (``RuntimeConfig.check_gaps`` overrides the guess). Asks for
+    the metadata of ``topic`` only: every topic's would be a large answer on a big cluster."""
+    cluster_id = consumer.list_topics(topic, timeout=timeout).cluster_id or ""
     return _TANSU in cluster_id.lower()
 
 
@@ -83,11 +85,8 @@ class GapAudit:
         """Record the gaps in ``offsets`` handed over for ``tp`` after position ``start``."""
         if offsets and offsets[-1] - start == len(offsets) - 1:
             return  # nothing skipped (checked here too: this runs for every fetched batch)
-        gaps = self.gaps.setdefault(tp, [])
-        before = len(gaps)
-        note_gaps(start, offsets, gaps)
-        if len(gaps) > before:
-            self._noted_at = time.monotonic()
+        note_gaps(start, offsets, self.gaps.setdefault(tp, []))
+        self._noted_at = time.monotonic()
 
     def note_jump(self, tp: TP, start: int, end: int) -> None:
         """A position moved from ``start`` to ``end`` without any record handed over."""
@@ -114,10 +113,8 @@ class GapAudit:
         self.gaps.clear()
 
     def _read_back(self, gaps: dict[TP, list[tuple[int, int]]]) -> None:
-        """Read ``gaps`` again; raise :class:`PassedOverError` if one holds a record."""
-        gaps = {tp: g for tp, g in gaps.items() if g}
-        if not gaps:
-            return
+        """Read ``gaps`` (non-empty lists) again; raise :class:`PassedOverError` if one holds a
+        record."""
         if self._consumer is None:
             self._consumer = self._make()
         c = self._consumer
@@ -133,13 +130,7 @@ class GapAudit:
                         f"could not read back {len(left)} partition(s) to check the offsets "
                         f"the broker skipped (e.g. {sorted(left)[0]}) within {self.timeout_s}s"
                     )
-                # What is ready now, else the first record within 5 ms: consume(n, t) alone
-                # would wait out t for n records.
-                msgs = c.consume(10_000, 0)
-                if not msgs:
-                    first = c.poll(0.005)
-                    msgs = [first] if first is not None else []
-                for m in msgs:
+                for m in fetch_ready(c, 10_000, 0.005):
                     if m.error() is not None:
                         continue
                     tp = (str(m.topic()), int(m.partition() or 0))

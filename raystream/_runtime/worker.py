@@ -29,6 +29,7 @@ from confluent_kafka import KafkaException as _RdKafkaException
 from raystream._kafka import headers as hdr
 from raystream._kafka.admin import end_offsets, wait_committed
 from raystream._kafka.clients import consumer as make_consumer
+from raystream._kafka.fetch import fetch_ready
 from raystream._runtime.checkpointing import TaskCheckpointer
 from raystream._runtime.collector import CheckpointCollector
 from raystream._runtime.epochs import count_partitions, epochs_topic, marker_partitions
@@ -367,7 +368,7 @@ class Worker:
                 # Wait for records no longer than the poll timeout, nor past the commit due;
                 # not at all when an epoch ends as soon as none are ready.
                 wait = min(poll_wait, last_commit + interval - time.monotonic())
-                msgs = _fetch(consumer, self.runtime.max_batch_records, 0 if owed else wait)
+                msgs = fetch_ready(consumer, self.runtime.max_batch_records, 0 if owed else wait)
                 if msgs:
                     _dispatch(msgs, routes, positions, global_positions, self._audit)
                     out.poll()
@@ -404,7 +405,7 @@ class Worker:
         (``RuntimeConfig.check_gaps``; by default on Tansu only)."""
         on = self.runtime.check_gaps
         if on is None:
-            on = broker_may_pass_over(consumer)
+            on = broker_may_pass_over(consumer, epochs_topic(self.app))
         if not on:
             return None
         return GapAudit(
@@ -861,20 +862,6 @@ def _counted(t: _Task) -> tuple[int, int, int]:
     """The task's records in, out and dead-lettered since the app first ran."""
     c, before = t.runner.counters, t.counted_before
     return before[0] + c.records_in, before[1] + c.records_out, before[2] + c.dead_letters
-
-
-def _fetch(consumer: Consumer, max_records: int, timeout: float) -> list[Any]:
-    """The records ready now (up to ``max_records``); when there are none, the first to arrive
-    within ``timeout`` and those ready behind it. Returns as soon as any record is ready:
-    ``consume(n, timeout)`` alone waits out the whole timeout unless ``n`` records are ready,
-    which added up to the poll timeout to every record's latency."""
-    msgs: list[Any] = consumer.consume(max_records, 0)
-    if msgs or timeout <= 0:
-        return msgs
-    first = consumer.poll(timeout)
-    if first is None:
-        return []
-    return [first, *consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
 
 
 def _group(msgs: list[Any]) -> dict[tuple[str, int], Incoming]:

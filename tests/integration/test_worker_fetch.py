@@ -8,7 +8,7 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
 
 from raystream._kafka.clients import consumer as make_consumer
-from raystream._runtime.worker import _fetch
+from raystream._kafka.fetch import fetch_ready
 from raystream.config import KafkaConfig
 from raystream.dev.broker import EmbeddedBroker
 
@@ -24,7 +24,7 @@ def test_fetch_returns_what_is_ready_without_waiting_for_a_full_batch(
     try:
         c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         started = time.monotonic()
-        assert _fetch(c, 10_000, 0.5) == []  # nothing there: waits out the timeout
+        assert fetch_ready(c, 10_000, 0.5) == []  # nothing there: waits out the timeout
         assert time.monotonic() - started >= 0.4
         p = Producer({"bootstrap.servers": bs})
         for i in range(3):
@@ -33,10 +33,10 @@ def test_fetch_returns_what_is_ready_without_waiting_for_a_full_batch(
         started = time.monotonic()
         got = []
         while len(got) < 3 and time.monotonic() - started < 30:
-            got += _fetch(c, 10_000, 30.0)
+            got += fetch_ready(c, 10_000, 30.0)
         # Three records, not 10,000, and long before the 30 s timeout.
         assert [m.value() for m in got] == [b"0", b"1", b"2"]
         assert time.monotonic() - started < 10
-        assert _fetch(c, 10_000, 0) == []
+        assert fetch_ready(c, 10_000, 0) == []
     finally:
         c.close()
