@@ -30,6 +30,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from jobs.order_services import LOW_LATENCY
+from raystream._kafka.fetch import fetch_ready
 from raystream.generate.orders import OrdersSpec, expected_outcome, fate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,14 +69,12 @@ def read_terminals(
             "fetch.wait.max.ms": 10,
         }
     )
-    from raystream._runtime.worker import _fetch
-
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     try:
         while not stop.is_set():
-            # Stamp records when they become readable: _fetch returns as soon as one is
+            # Stamp records when they become readable: fetch_ready returns as soon as one is
             # (consume(n, t) alone waits out t for n records).
-            msgs = _fetch(c, 10_000, 0.05)
+            msgs = fetch_ready(c, 10_000, 0.05)
             now = int(time.time() * 1000)
             for m in msgs:
                 if m.error() is not None or m.value() is None:
@@ -91,37 +91,52 @@ def read_terminals(
         c.close()
 
 
+def _from_start(
+    bootstrap: str, tps: list[TopicPartition] | None, isolation: str, prefix: str = ""
+) -> Iterator[Any]:
+    """Every record of ``tps`` (None: every partition of the topics named ``prefix...``), read
+    from offset 0 with ``isolation`` until each partition reports its end (at most 120 s)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-reread-{time.monotonic_ns()}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        if tps is None:
+            meta = c.list_topics(timeout=10)
+            topics = [t for t in meta.topics if t.startswith(prefix)]
+            tps = [TopicPartition(t, p, 0) for t in topics for p in meta.topics[t].partitions]
+        c.assign(tps)
+        left = {(tp.topic, tp.partition) for tp in tps}
+        deadline = time.monotonic() + 120
+        while left and time.monotonic() < deadline:
+            for m in c.consume(10_000, 1.0):
+                if m.error() is not None:
+                    left.discard((m.topic(), m.partition()))
+                    continue
+                yield m
+    finally:
+        c.close()
+
+
 def terminals_in_log(
     bootstrap: str, topic: str, partitions: int, ids: set[str]
 ) -> dict[str, tuple[str, str | None]]:
     """The terminal events of orders ``ids`` in ``topic``, read from the start at rest
     (read_committed): tells an order whose end the live reader passed over (the embedded broker
     can let a follower skip a batch, see bench.broker_probe) from one that never ended."""
-    if not ids:
-        return {}
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-reread-{time.monotonic_ns()}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     found: dict[str, tuple[str, str | None]] = {}
-    left, deadline = set(range(partitions)), time.monotonic() + 120
-    try:
-        while left and time.monotonic() < deadline:
-            for m in c.consume(10_000, 1.0):
-                if m.error() is not None:
-                    left.discard(m.partition())
-                    continue
-                e = json.loads(m.value())
-                if e["order_id"] in ids and e["type"] in ("OrderCompleted", "OrderCancelled"):
-                    found.setdefault(e["order_id"], (e["type"], e["reason"]))
-    finally:
-        c.close()
+    if not ids:
+        return found
+    tps = [TopicPartition(topic, p, 0) for p in range(partitions)]
+    for m in _from_start(bootstrap, tps, "read_committed"):
+        e = json.loads(m.value())
+        if e["order_id"] in ids and e["type"] in ("OrderCompleted", "OrderCancelled"):
+            found.setdefault(e["order_id"], (e["type"], e["reason"]))
     return found
 
 
@@ -132,41 +147,19 @@ def trace_orders(bootstrap: str, prefix: str, ids: list[str]) -> list[dict[str, 
     if not ids:
         return []
     wanted = [b'"%s"' % i.encode() for i in ids]  # the id as a JSON string, not a prefix
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-trace-{time.monotonic_ns()}",
-            "isolation.level": "read_uncommitted",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    meta = c.list_topics(timeout=10)
-    topics = [t for t in meta.topics if t.startswith(prefix)]
-    tps = [TopicPartition(t, p, 0) for t in topics for p in meta.topics[t].partitions]
-    c.assign(tps)
     found: list[dict[str, Any]] = []
-    left = {(tp.topic, tp.partition) for tp in tps}
-    deadline = time.monotonic() + 120
-    try:
-        while left and time.monotonic() < deadline:
-            for m in c.consume(10_000, 1.0):
-                if m.error() is not None:
-                    left.discard((m.topic(), m.partition()))
-                    continue
-                v = m.value() or b""
-                if any(w in v for w in wanted):
-                    found.append(
-                        {
-                            "topic": m.topic(),
-                            "partition": m.partition(),
-                            "offset": m.offset(),
-                            "timestamp": m.timestamp()[1],
-                            "value": v.decode(errors="replace")[:200],
-                        }
-                    )
-    finally:
-        c.close()
+    for m in _from_start(bootstrap, None, "read_uncommitted", prefix):
+        v = m.value() or b""
+        if any(w in v for w in wanted):
+            found.append(
+                {
+                    "topic": m.topic(),
+                    "partition": m.partition(),
+                    "offset": m.offset(),
+                    "timestamp": m.timestamp()[1],
+                    "value": v.decode(errors="replace")[:200],
+                }
+            )
     return found
 
 
