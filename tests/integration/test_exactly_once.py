@@ -223,7 +223,10 @@ def test_exact_results_when_stopped_and_started_by_a_new_driver(
     rows = prepare(broker, unique, 300_000, seed=3)
     first = new_app(broker, unique, tmp_path)
     running = first.start(workers=2, bounded=True)
-    time.sleep(3)
+    # Stop once a first epoch has committed, however slow the machine's start is.
+    deadline = time.monotonic() + 120
+    while running.status()["totals"]["records_in"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert running.wait(timeout=0) == "running", "the first run ended before the stop"
     stopped = running.stop()
     assert stopped.state == "stopped" and stopped.records_in > 0
