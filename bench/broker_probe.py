@@ -2,7 +2,7 @@
 measured on it, each on a fresh broker of its own, with plain confluent-kafka clients (no
 raystream runtime):
 
-    python -m bench.broker_probe                         # both, ~2 min
+    python -m bench.broker_probe                         # all three, ~3 min
     python -m bench.broker_probe --probe tail --producers 4 --pause-ms 1
     python -m bench.broker_probe --probe growth --seconds 120 --out F.json
 
@@ -16,6 +16,14 @@ the log, yet a consumer tailing the partition skipped it.
 consumer follows them; per 10 s, the broker's CPU and the produce-to-read latency. On Apache
 Kafka both stay flat; on the embedded broker each fetch lists every batch the partition holds,
 so both grow with the log.
+
+``fetch-cost``: why. One partition is written one batch at a time; after each step a consumer
+reads its last record ``--reads`` times, each from a fresh assignment, and the broker's CPU per
+read is noted. Tansu's ``fetch`` (``tansu-storage/src/dynostore.rs``) lists every stored batch
+object of the partition whenever the position is below the high watermark (the last stable
+offset for ``read_committed``), so a read costs more the more batches (and transaction
+markers) the partition holds, whatever the position. A fetch at the end of the log lists
+nothing and stays cheap.
 """
 
 from __future__ import annotations
@@ -229,13 +237,60 @@ def growth_probe(seconds: float, txn_per_s: float, per_txn: int) -> dict[str, An
         broker.stop()
 
 
+def fetch_cost_probe(steps: list[int], reads: int) -> list[dict[str, Any]]:
+    """Broker CPU per read of a partition's last record, by how many batches it holds."""
+    broker = EmbeddedBroker().start()
+    try:
+        bs = broker.bootstrap
+        Topics(KafkaConfig(bs)).ensure({"f": 1})
+        pid = broker.pid
+        assert pid is not None
+        p = Producer({"bootstrap.servers": bs, "linger.ms": 0})
+        c = _consumer(bs, "probe-fetch-cost", 5)
+        out: list[dict[str, Any]] = []
+        held = 0
+        try:
+            for target in steps:
+                while held < target:
+                    p.produce("f", b"x" * 50, b"k", partition=0)
+                    p.flush()  # one request, so one stored batch
+                    held += 1
+                before, t0 = _cpu_seconds(pid), time.monotonic()
+                for _ in range(reads):
+                    c.assign([TopicPartition("f", 0, held - 1)])
+                    while (m := c.poll(5.0)) is None or m.error() is not None:
+                        pass
+                    c.unassign()
+                cpu_ms = (_cpu_seconds(pid) - before) / reads * 1e3
+                out.append(
+                    {
+                        "batches": held,
+                        "broker_cpu_ms_per_read": round(cpu_ms, 2),
+                        "wall_ms_per_read": round((time.monotonic() - t0) / reads * 1e3, 1),
+                    }
+                )
+        finally:
+            c.close()
+        return out
+    finally:
+        broker.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--probe", choices=["tail", "growth", "all"], default="all")
+    ap.add_argument("--probe", choices=["tail", "growth", "fetch-cost", "all"], default="all")
     ap.add_argument("--producers", type=int, default=4, help="tail: producers of one partition")
     ap.add_argument("--per-txn", type=int, default=5, help="records per transaction")
     ap.add_argument("--pause-ms", type=float, nargs="+", default=[10.0, 1.0])
     ap.add_argument("--seconds", type=float, default=None, help="tail 15 s, growth 90 s")
+    ap.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[500, 1000, 2000, 3000, 4000, 5000],
+        help="fetch-cost: batches the partition holds at each step",
+    )
+    ap.add_argument("--reads", type=int, default=30, help="fetch-cost: reads per step")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -259,6 +314,15 @@ def main() -> None:
             print(
                 f"growth: {w['from_s']:>3}-{w['from_s'] + 10} s broker {w['broker_cpu_pct']}% "
                 f"of a core, latency p50 {w['p50_ms']} / p99 {w['p99_ms']} ms",
+                flush=True,
+            )
+    if args.probe in ("fetch-cost", "all"):
+        result["fetch_cost"] = fetch_cost_probe(args.batches, args.reads)
+        for row in result["fetch_cost"]:
+            print(
+                f"fetch-cost: {row['batches']:>6} batches in the partition: a read costs the "
+                f"broker {row['broker_cpu_ms_per_read']} ms of CPU ({row['wall_ms_per_read']} "
+                f"ms wall)",
                 flush=True,
             )
     if args.out:

@@ -251,7 +251,7 @@ class RaystreamSystem:
             "checkpoints": (Path(args.workdir) / f"{prefix}ck").resolve().as_uri(),
             "commit_interval_ms": args.commit_interval_ms,
             "poll_timeout_ms": args.poll_timeout_ms,
-            "consumer_config": {"fetch.wait.max.ms": args.fetch_wait_ms},
+            "consumer_config": {"fetch.wait.max.ms": args.fetch_wait_ms, **args.consumer_config},
             "producer_config": {"linger.ms": args.linger_ms},
             "view_refresh_ms": args.view_refresh_ms,
             "checkpoint_compact_every": args.compact_every,
@@ -339,6 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             partitions=args.partitions,
             rate=args.rate / 60.0,
             live_time=True,
+            linger_ms=args.publisher_linger_ms,
         )
         produced_s = time.monotonic() - started
         deadline = time.monotonic() + 60 + 4 * spec.shipping_timeout_ms / 1000
@@ -432,7 +433,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "commit_interval_ms": args.commit_interval_ms,
             "poll_timeout_ms": args.poll_timeout_ms,
             "fetch_wait_max_ms": args.fetch_wait_ms,
+            "consumer_config": args.consumer_config,
             "linger_ms": args.linger_ms,
+            "publisher_linger_ms": args.publisher_linger_ms,
             "view_refresh_ms": args.view_refresh_ms,
             "checkpoint_compact_every": args.compact_every,
             "shipping_timeout_ms": spec.shipping_timeout_ms,
@@ -468,6 +471,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -490,6 +500,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-timeout-ms", type=int, default=10, help="worker poll wait")
     parser.add_argument("--fetch-wait-ms", type=int, default=25, help="fetch.wait.max.ms")
     parser.add_argument("--linger-ms", type=int, default=5, help="the apps' producer linger.ms")
+    parser.add_argument(
+        "--consumer-config",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a librdkafka setting for the apps' consumers (repeatable)",
+    )
+    parser.add_argument(
+        "--publisher-linger-ms",
+        type=int,
+        default=5,
+        help="linger.ms of the producer of OrderCreated (counted in the latency)",
+    )
     parser.add_argument("--shipping-timeout-ms", type=int, default=5_000)
     parser.add_argument(
         "--view-refresh-ms", type=int, default=5_000, help="how often the orders view refreshes"
@@ -534,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="/tmp", help="where checkpoints go")
     parser.add_argument("--out", type=Path, default=RESULTS / "orders_latency.json")
     args = parser.parse_args(argv)
+    args.consumer_config = dict(args.consumer_config)
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -14,8 +14,10 @@ def produce_records(
     topic: str,
     records: Iterable[tuple[bytes | None, bytes | None]],
     progress: Callable[[int], None] | None = None,
+    linger_ms: int = 5,
 ) -> int:
-    """Produce ``(key, value)`` pairs to ``topic``; returns how many were acknowledged."""
+    """Produce ``(key, value)`` pairs to ``topic``; returns how many were acknowledged.
+    ``linger_ms`` is how long the producer gathers records into one request."""
     failed: list[str] = []
 
     def on_error(err: object, msg: object) -> None:
@@ -25,7 +27,7 @@ def produce_records(
     p = Producer(
         {
             "bootstrap.servers": brokers,
-            "linger.ms": 5,
+            "linger.ms": linger_ms,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000,
             "partitioner": "murmur2_random",

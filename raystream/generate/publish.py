@@ -116,12 +116,14 @@ def publish_orders(
     live_time: bool = True,
     truth: Path | None = None,
     progress: Progress | None = None,
+    linger_ms: int = 5,
 ) -> Published:
     """Write ``spec``'s ``OrderCreated`` events (keyed by ``order_id``) at ``rate`` per second
     (0: as fast as possible) for ``spec.count`` orders or ``duration`` seconds. With
     ``live_time`` each event's ``ts`` is the wall-clock time it is written (live traffic);
     otherwise the generator's own times. Returns, per written order, its fate and the outcome
-    the saga must reach (also written to ``truth`` as JSON lines)."""
+    the saga must reach (also written to ``truth`` as JSON lines). ``linger_ms`` is the
+    producer's batching wait, part of each order's time from ``ts``."""
     Topics(KafkaConfig(brokers)).ensure({topic: partitions})
     out: list[dict[str, Any]] = []
 
@@ -134,7 +136,9 @@ def publish_orders(
 
     started = time.monotonic()
     events = paced(order_events(spec), rate=rate, duration=duration, progress=progress)
-    n = produce_records(brokers, topic, encode_records(stamped(events), "order_id"))
+    n = produce_records(
+        brokers, topic, encode_records(stamped(events), "order_id"), linger_ms=linger_ms
+    )
     seconds = time.monotonic() - started
     if truth is not None:
         _write_lines(truth, out)
