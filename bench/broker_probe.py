@@ -15,7 +15,8 @@ the log, yet a consumer tailing the partition skipped it.
 ``growth``: one transactional producer writes a steady load into two partitions while a
 consumer follows them; per 10 s, the broker's CPU and the produce-to-read latency. On Apache
 Kafka both stay flat; on the embedded broker each fetch lists every batch the partition holds,
-so both grow with the log.
+so both grow with the log. With ``--no-follower`` nothing reads, and the broker's CPU stays
+flat: the growth is the reads'.
 
 ``fetch-cost``: why. One partition is written one batch at a time; after each step a consumer
 reads its last record ``--reads`` times, each from a fresh assignment, and the broker's CPU per
@@ -163,8 +164,11 @@ def tail_probe(producers: int, seconds: float, per_txn: int, pause_ms: float) ->
         broker.stop()
 
 
-def growth_probe(seconds: float, txn_per_s: float, per_txn: int) -> dict[str, Any]:
-    """A steady transactional load into 2 partitions: broker CPU and latency per 10 s."""
+def growth_probe(
+    seconds: float, txn_per_s: float, per_txn: int, follower: bool = True
+) -> dict[str, Any]:
+    """A steady transactional load into 2 partitions: broker CPU and latency per 10 s. Without
+    ``follower`` nothing reads, which tells the cost of writing from the cost of reading."""
     broker = EmbeddedBroker().start()
     try:
         bs = broker.bootstrap
@@ -189,8 +193,9 @@ def growth_probe(seconds: float, txn_per_s: float, per_txn: int) -> dict[str, An
             finally:
                 c.close()
 
-        follower = threading.Thread(target=follow)
-        follower.start()
+        reader = threading.Thread(target=follow)
+        if follower:
+            reader.start()
         p = Producer({"bootstrap.servers": bs, "transactional.id": "probe-g", "linger.ms": 5})
         p.init_transactions(10)
         pad = b"x" * 150
@@ -211,23 +216,21 @@ def growth_probe(seconds: float, txn_per_s: float, per_txn: int) -> dict[str, An
                 next_mark += 10
         time.sleep(1.0)
         stop.set()
-        follower.join()
+        if follower:
+            reader.join()
         windows = []
-        for k in sorted(lat):
-            xs = sorted(lat[k])
-            if k * 10 >= seconds or len(xs) < 10:
-                continue
-            windows.append(
-                {
-                    "from_s": k * 10,
-                    "broker_cpu_pct": round((cpu[k + 1] - cpu[k]) * 10, 1)
-                    if k + 1 < len(cpu)
-                    else None,
-                    "p50_ms": round(statistics.median(xs), 1),
-                    "p99_ms": round(xs[int(len(xs) * 0.99) - 1], 1),
-                }
-            )
+        for k in range(len(cpu) - 1):
+            w: dict[str, Any] = {
+                "from_s": k * 10,
+                "broker_cpu_pct": round((cpu[k + 1] - cpu[k]) * 10, 1),
+            }
+            xs = sorted(lat.get(k, []))
+            if len(xs) >= 10:
+                w["p50_ms"] = round(statistics.median(xs), 1)
+                w["p99_ms"] = round(xs[int(len(xs) * 0.99) - 1], 1)
+            windows.append(w)
         return {
+            "follower": follower,
             "seconds": seconds,
             "transactions_per_s": txn_per_s,
             "records_per_transaction": per_txn,
@@ -291,6 +294,7 @@ def main() -> None:
         help="fetch-cost: batches the partition holds at each step",
     )
     ap.add_argument("--reads", type=int, default=30, help="fetch-cost: reads per step")
+    ap.add_argument("--no-follower", action="store_true", help="growth: write only, never read")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -308,12 +312,13 @@ def main() -> None:
                 flush=True,
             )
     if args.probe in ("growth", "all"):
-        g = growth_probe(args.seconds or 90.0, 25.0, 20)
+        g = growth_probe(args.seconds or 90.0, 25.0, 20, follower=not args.no_follower)
         result["growth"] = g
         for w in g["by_10s"]:
+            latency = f", latency p50 {w['p50_ms']} / p99 {w['p99_ms']} ms" if "p50_ms" in w else ""
             print(
                 f"growth: {w['from_s']:>3}-{w['from_s'] + 10} s broker {w['broker_cpu_pct']}% "
-                f"of a core, latency p50 {w['p50_ms']} / p99 {w['p99_ms']} ms",
+                f"of a core{latency}",
                 flush=True,
             )
     if args.probe in ("fetch-cost", "all"):

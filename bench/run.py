@@ -36,6 +36,7 @@ from confluent_kafka.admin import AdminClient
 from bench.cpu import CpuSampler
 from bench.registry import BENCHMARKS, Benchmark, Measurement, Result, RunContext, Verification
 from bench.verify import offsets_problems, verify_w1, verify_w2
+from bench.w3 import W3_LINGER_MS
 from bench.workload import Expected, Workload, WorkloadSpec, prepare
 from raystream._kafka.admin import Topics
 from raystream.config import KafkaConfig
@@ -507,7 +508,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help="W3 seconds of input (default 60; quick 15)")
     ap.add_argument("--rate", type=int, default=20_000, help="W3 input events/s (default 20,000)")
     ap.add_argument(
-        "--w3-linger-ms", type=int, default=5, help="W3 producer's linger.ms (default 5)"
+        "--w3-linger-ms",
+        type=int,
+        default=W3_LINGER_MS,
+        help="W3 input producer's linger.ms, counted in the latency (default 50: with 5, the "
+        "embedded broker stores ~200 batches a second per partition and every fetch lists "
+        "them all; see bench/README.md)",
     )
     ap.add_argument(
         "--output-linger-ms",

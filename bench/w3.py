@@ -37,6 +37,8 @@ from raystream.generate.payments import PaymentsSpec, payments
 #: Defaults of the W3 parameters (``RunContext.params``).
 W3_RATE = 20_000
 W3_DURATION_S = 60.0
+#: The input producer's linger.ms (bench.run --w3-linger-ms).
+W3_LINGER_MS = 50
 
 
 W3_POOL = 20_000
@@ -305,7 +307,7 @@ class W3Run:
         self.interval_ms = interval_ms
         self.rate = int(ctx.params.get("rate", W3_RATE))
         self.duration_s = float(ctx.params.get("duration_s", W3_DURATION_S))
-        self.linger_ms = int(ctx.params.get("linger_ms", 5))
+        self.linger_ms = int(ctx.params.get("linger_ms", W3_LINGER_MS))
         self.reader: LatencyReader | None = None
         self.proc: Any = None
         self.produced: dict[str, Any] = {}
