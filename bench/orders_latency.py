@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -246,9 +247,11 @@ class RaystreamSystem:
             log_to_driver=False,
         )
         topics = OrderTopics(prefix)
+        self.checkpoints = (Path(args.workdir) / f"{prefix}ck").resolve()
+        self.keep_checkpoints: bool = args.keep_checkpoints
         settings: dict[str, Any] = {
             "brokers": bootstrap,
-            "checkpoints": (Path(args.workdir) / f"{prefix}ck").resolve().as_uri(),
+            "checkpoints": self.checkpoints.as_uri(),
             "commit_interval_ms": args.commit_interval_ms,
             "poll_timeout_ms": args.poll_timeout_ms,
             "consumer_config": {"fetch.wait.max.ms": args.fetch_wait_ms, **args.consumer_config},
@@ -293,6 +296,8 @@ class RaystreamSystem:
             saga, services = self.running.stop(), self.helpers.stop()
         finally:
             ray.shutdown()
+            if not self.keep_checkpoints:
+                shutil.rmtree(self.checkpoints, ignore_errors=True)
         return {
             name: {"state": r.state, "in": r.records_in, "dead_letters": r.dead_letters}
             for name, r in (("saga", saga), ("services", services))
@@ -558,6 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-address", default="local", help="'local' starts a new Ray")
     parser.add_argument("--num-cpus", type=int, default=None)
     parser.add_argument("--workdir", default="/tmp", help="where checkpoints go")
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep the run's checkpoint directory (removed at the end by default)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "orders_latency.json")
     args = parser.parse_args(argv)
     args.consumer_config = dict(args.consumer_config)
