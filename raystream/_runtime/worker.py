@@ -569,7 +569,7 @@ class Worker:
                 _dispatch(msgs, routes, positions, global_positions, self._audit)
             else:
                 _skip_control_records(consumer, positions, self._audit)
-                _skip_control_records(consumer, global_positions)
+                _skip_control_records(consumer, global_positions, self._audit)
         log.info(
             "worker %d: loaded %d table partition(s) in %.2fs",
             self.slot,
@@ -893,17 +893,15 @@ def _dispatch(
     audit: GapAudit | None = None,
 ) -> None:
     """Run fetched messages through the tasks they feed; advance the positions (noting the
-    offsets skipped on the way in ``audit``, when given)."""
+    offsets skipped on the way in ``audit``, when given: a global table's too, since an update
+    passed over would leave the table stale for the rest of the attempt)."""
     for tp, incoming in _group(msgs).items():
         for runner in routes[tp]:
             runner.process(incoming)
-        nxt = incoming.offsets[-1] + 1
-        if tp in positions:
-            if audit is not None:
-                audit.note(tp, positions[tp], incoming.offsets)
-            positions[tp] = nxt
-        else:
-            global_positions[tp] = nxt
+        at = positions if tp in positions else global_positions
+        if audit is not None:
+            audit.note(tp, at[tp], incoming.offsets)
+        at[tp] = incoming.offsets[-1] + 1
 
 
 def _assign(consumer: Consumer, positions: dict[tuple[str, int], int]) -> None:

@@ -50,3 +50,27 @@ def test_check_gaps_setting() -> None:
     assert RuntimeConfig(check_gaps=False).check_gaps is False
     with pytest.raises(ConfigError, match="check_gaps"):
         RuntimeConfig(check_gaps="yes")  # type: ignore[arg-type]
+
+
+def test_dispatch_notes_skips_in_global_table_partitions_too() -> None:
+    from confluent_kafka import Message
+
+    from raystream._runtime.worker import _dispatch
+
+    def msg(topic: str, offset: int) -> Message:
+        return Message(topic=topic, partition=0, offset=offset, key=b"k", value=b"{}")
+
+    audit = GapAudit(lambda: pytest.fail("no consumer is needed"))  # type: ignore[arg-type,return-value]
+    positions = {("s", 0): 4}
+    global_positions = {("g", 0): 0}
+    routes: dict = {("s", 0): [], ("g", 0): []}
+    _dispatch(
+        [msg("s", 4), msg("s", 6), msg("g", 2), msg("g", 3)],
+        routes,
+        positions,
+        global_positions,
+        audit,
+    )
+    assert positions == {("s", 0): 7} and global_positions == {("g", 0): 4}
+    # A passed-over table update would leave a global table stale: its skips are read back too.
+    assert audit.gaps == {("s", 0): [(5, 6)], ("g", 0): [(0, 2)]}
