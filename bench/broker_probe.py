@@ -1,4 +1,4 @@
-"""Two behaviours of the embedded broker (Tansu 0.6.0, memory storage) that shape every figure
+"""Three behaviours of the embedded broker (Tansu 0.6.0, memory storage) that shape every figure
 measured on it, each on a fresh broker of its own, with plain confluent-kafka clients (no
 raystream runtime):
 
@@ -35,6 +35,8 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,16 @@ from raystream.config import KafkaConfig
 from raystream.dev.broker import EmbeddedBroker
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def _fresh_broker(topics: dict[str, int]) -> Iterator[tuple[str, int]]:
+    """A broker of the probe's own with ``topics`` created: its bootstrap address and pid.
+    Stopped on leaving."""
+    with EmbeddedBroker() as broker:
+        Topics(KafkaConfig(broker.bootstrap)).ensure(topics)
+        assert broker.pid is not None
+        yield broker.bootstrap, broker.pid
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -86,10 +98,7 @@ def _read_all(bootstrap: str, topic: str, partitions: int) -> dict[int, bytes]:
 
 def tail_probe(producers: int, seconds: float, per_txn: int, pause_ms: float) -> dict[str, Any]:
     """Several transactional producers into one partition; what a follower of it misses."""
-    broker = EmbeddedBroker().start()
-    try:
-        bs = broker.bootstrap
-        Topics(KafkaConfig(bs)).ensure({"t": 1})
+    with _fresh_broker({"t": 1}) as (bs, _pid):
         sent = [0] * producers
         seen: dict[int, bytes] = {}
         errors: list[str] = []
@@ -160,8 +169,6 @@ def tail_probe(producers: int, seconds: float, per_txn: int, pause_ms: float) ->
             "unread_beyond_follower": sum(1 for o in log if o > last),
             "follower_progress_every_2s": progress,
         }
-    finally:
-        broker.stop()
 
 
 def growth_probe(
@@ -169,12 +176,7 @@ def growth_probe(
 ) -> dict[str, Any]:
     """A steady transactional load into 2 partitions: broker CPU and latency per 10 s. Without
     ``follower`` nothing reads, which tells the cost of writing from the cost of reading."""
-    broker = EmbeddedBroker().start()
-    try:
-        bs = broker.bootstrap
-        Topics(KafkaConfig(bs)).ensure({"g": 2})
-        pid = broker.pid
-        assert pid is not None
+    with _fresh_broker({"g": 2}) as (bs, pid):
         lat: dict[int, list[float]] = {}
         stop = threading.Event()
         start = time.time()
@@ -236,18 +238,11 @@ def growth_probe(
             "records_per_transaction": per_txn,
             "by_10s": windows,
         }
-    finally:
-        broker.stop()
 
 
 def fetch_cost_probe(steps: list[int], reads: int) -> list[dict[str, Any]]:
     """Broker CPU per read of a partition's last record, by how many batches it holds."""
-    broker = EmbeddedBroker().start()
-    try:
-        bs = broker.bootstrap
-        Topics(KafkaConfig(bs)).ensure({"f": 1})
-        pid = broker.pid
-        assert pid is not None
+    with _fresh_broker({"f": 1}) as (bs, pid):
         p = Producer({"bootstrap.servers": bs, "linger.ms": 0})
         c = _consumer(bs, "probe-fetch-cost", 5)
         out: list[dict[str, Any]] = []
@@ -275,8 +270,6 @@ def fetch_cost_probe(steps: list[int], reads: int) -> list[dict[str, Any]]:
         finally:
             c.close()
         return out
-    finally:
-        broker.stop()
 
 
 def main() -> None:
