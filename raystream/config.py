@@ -84,7 +84,8 @@ class RuntimeConfig:
     #: the worker, and start the epoch again from the last commit if a record was there: a
     #: guard against brokers that let a consumer pass over a batch (Tansu, the embedded
     #: broker, when several producers write one partition at once; see
-    #: raystream._runtime.gaps). None: on when the broker is Tansu (by its cluster id).
+    #: raystream._runtime.gaps). None: on when the broker is Tansu (by its cluster id), off on
+    #: any other.
     check_gaps: bool | None = None
     #: Where to start a partition that has no committed offset: "earliest" or "latest". (A
     #: position that falls outside the log, e.g. deleted by retention, always moves to the
